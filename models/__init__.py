@@ -1,0 +1,1 @@
+"""Small NumPyro model zoo with shipped data and NUTS reference posteriors."""

@@ -1,0 +1,1 @@
+"""Structured natural-gradient variational inference for NumPyro."""

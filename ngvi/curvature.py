@@ -1,0 +1,82 @@
+"""Estimates of the expected Hessian ``H = E_q[hess l]`` as linear operators.
+
+Groups read ``H`` only through these operators (MATH.md sec. 5), so that each
+group computes just the entries of ``X = B^-1 H B^-T - gamma I`` it needs:
+
+* ``matvec(v)``: ``H v`` (one Hessian-vector product per call for
+  :class:`HessianCurvature`);
+* ``diagonal()``: ``diag(H)``, exactly or by an unbiased probe estimate;
+* ``factors()``: ``(P, Q)`` with ``H = sym(P^T Q) = (P^T Q + Q^T P) / 2``, the
+  form used by groups that need sums over many entries (Kronecker partial
+  traces, Toeplitz diagonals, sparse patterns).
+"""
+
+import abc
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["Curvature", "HessianCurvature", "LowRankCurvature"]
+
+
+class Curvature(abc.ABC):
+    """A symmetric ``p x p`` curvature estimate ``H``, never stored densely."""
+
+    @abc.abstractmethod
+    def matvec(self, v):
+        """``H v``."""
+
+    @abc.abstractmethod
+    def diagonal(self):
+        """``diag(H)``."""
+
+    @abc.abstractmethod
+    def factors(self):
+        """``(P, Q)``, each ``(n, p)``, with ``H = (P^T Q + Q^T P) / 2``."""
+
+
+class LowRankCurvature(Curvature):
+    """``H = sym(P^T Q)``: the gradient-only (Stein), Gauss-Newton and
+    zeroth-order estimators (MATH.md sec. 5). Cost ``O(n p)`` per product."""
+
+    def __init__(self, p_factor, q_factor):
+        self.p_factor, self.q_factor = p_factor, q_factor
+
+    def matvec(self, v):
+        return 0.5 * (self.p_factor.T @ (self.q_factor @ v) + self.q_factor.T @ (self.p_factor @ v))
+
+    def diagonal(self):
+        return jnp.sum(self.p_factor * self.q_factor, axis=0)
+
+    def factors(self):
+        return self.p_factor, self.q_factor
+
+
+class HessianCurvature(Curvature):
+    """``H`` given by a Hessian-vector-product function ``hvp(v) = H v``.
+
+    With ``probes=None`` the diagonal and the factors are exact (``p`` products,
+    computed one at a time for the diagonal so that memory stays ``O(p)``);
+    with ``probes`` an ``(n, p)`` array of Rademacher vectors they are the
+    unbiased Hutchinson estimates ``diag(H) ~ mean_i r_i ⊙ H r_i`` and
+    ``H ~ sym(mean_i r_i (H r_i)^T)`` (``n`` products).
+    """
+
+    def __init__(self, hvp, dim, dtype, probes=None):
+        self.hvp, self.dim, self.dtype, self.probes = hvp, dim, dtype, probes
+
+    def matvec(self, v):
+        return self.hvp(v)
+
+    def diagonal(self):
+        if self.probes is None:
+            basis = lambda i: jax.nn.one_hot(i, self.dim, dtype=self.dtype)
+            return jax.lax.map(lambda i: self.hvp(basis(i))[i], jnp.arange(self.dim))
+        return jnp.mean(self.probes * jax.vmap(self.hvp)(self.probes), axis=0)
+
+    def factors(self):
+        if self.probes is None:
+            eye = jnp.eye(self.dim, dtype=self.dtype)
+            return eye, jax.vmap(self.hvp)(eye)
+        scaled = self.probes / jnp.sqrt(self.probes.shape[0])
+        return scaled, jax.vmap(self.hvp)(scaled)

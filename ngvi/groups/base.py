@@ -1,0 +1,121 @@
+"""The matrix Lie group interface shared by every structured precision factor.
+
+A group describes the factor ``B`` of the precision ``S = B B^T`` of a Gaussian
+``q(z) = N(mu, S^-1)`` (MATH.md sec. 2). Elements of the group and of its
+sub-algebra ``m`` share one compact pytree storage; a group object is static
+configuration and never holds arrays of the optimisation state.
+
+Every method works on one vector of length ``p``; use ``jax.vmap`` for batches.
+"""
+
+import abc
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["Group", "tree_axpy", "whitened_factors"]
+
+
+def tree_axpy(a, x, y):
+    """``a * x + y`` leaf by leaf (elements of one sub-algebra form a vector space)."""
+    return jax.tree.map(lambda xi, yi: a * xi + yi, x, y)
+
+
+def whitened_factors(group, b, curvature):
+    """``(W, U) = (P B^-T, Q B^-T)`` so that ``B^-1 H B^-T = sym(W^T U)``."""
+    p_factor, q_factor = curvature.factors()
+    solve = jax.vmap(lambda v: group.solve(b, v))
+    return solve(p_factor), solve(q_factor)
+
+
+class Group(abc.ABC):
+    """A matrix Lie group ``G`` with a sub-algebra ``m`` closed under ``h``.
+
+    Subclasses implement the structured linear algebra and the natural-gradient
+    projection ``C ⊙ kappa(X)`` of MATH.md sec. 3-4; the retraction
+    ``B h(M)``, ``h(M) = I + M + M^2/2``, follows from ``identity`` and ``mul``.
+    """
+
+    name: str = "group"
+
+    # --- construction -----------------------------------------------------
+    def check(self, p):
+        """Raise ``ValueError`` if the group cannot act on dimension ``p``."""
+        if p < 1:
+            raise ValueError(f"{self!r} needs a latent dimension p >= 1, got p={p}.")
+
+    @abc.abstractmethod
+    def identity(self, p, dtype=jnp.float32):
+        """The identity matrix in compact storage."""
+
+    def init(self, p, scale=1.0, dtype=jnp.float32):
+        """``B = I / scale``, i.e. ``S = I / scale^2`` (NumPyro's ``init_scale``)."""
+        self.check(p)
+        return jax.tree.map(lambda x: x / scale, self.identity(p, dtype))
+
+    # --- structured linear algebra ----------------------------------------
+    @abc.abstractmethod
+    def matvec(self, b, v):
+        """``B v``."""
+
+    @abc.abstractmethod
+    def rmatvec(self, b, v):
+        """``B^T v``."""
+
+    @abc.abstractmethod
+    def solve(self, b, v):
+        """``B^-1 v``."""
+
+    @abc.abstractmethod
+    def rsolve(self, b, v):
+        """``B^-T v``."""
+
+    @abc.abstractmethod
+    def logdet(self, b):
+        """``log |det B|``."""
+
+    @abc.abstractmethod
+    def mul(self, b, c):
+        """The product ``B C`` of two elements of the group (or of ``m``)."""
+
+    @abc.abstractmethod
+    def to_dense(self, b):
+        """The dense ``p x p`` matrix, for tests and small-``p`` diagnostics only."""
+
+    def dim(self, b):
+        """The dimension ``p`` the element acts on."""
+        return jax.tree.leaves(b)[-1].shape[-1]
+
+    def covariance_diagonal(self, b):
+        """``diag(S^-1) = diag(B^-T B^-1)``, column norms of ``B^-1`` one at a time."""
+        eye = jnp.eye(self.dim(b), dtype=jax.tree.leaves(b)[0].dtype)
+        return jax.lax.map(lambda e: jnp.sum(self.solve(b, e) ** 2), eye)
+
+    # --- natural gradient --------------------------------------------------
+    @abc.abstractmethod
+    def local_gradient(self, b, curvature, gamma):
+        """Pattern entries of ``X = B^-1 H B^-T - gamma I`` (MATH.md sec. 3).
+
+        ``curvature`` is a :class:`ngvi.curvature.Curvature` estimate of
+        ``H = E_q[hess l]``; only the entries that ``m`` needs are computed.
+        """
+
+    @abc.abstractmethod
+    def natural_direction(self, x):
+        """``C ⊙ kappa(X)``: the Fisher-metric projection of ``X`` onto ``m``."""
+
+    @abc.abstractmethod
+    def fisher_norm_sq(self, m):
+        """``<M, M> = (1/2) ||M + M^T||_F^2``, the local Fisher metric on ``m``."""
+
+    def h(self, m):
+        """``h(M) = I + M + M^2 / 2``, which lies in ``G`` for every ``M`` in ``m``."""
+        eye = self.identity(self.dim(m), jax.tree.leaves(m)[0].dtype)
+        return tree_axpy(0.5, self.mul(m, m), tree_axpy(1.0, m, eye))
+
+    def retract(self, b, m):
+        """``B h(M)``."""
+        return self.mul(b, self.h(m))
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"

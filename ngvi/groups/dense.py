@@ -1,0 +1,109 @@
+"""Groups stored as a full ``p x p`` matrix: dense GL(p) and triangular groups."""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.linalg import solve_triangular
+
+from ngvi.groups.base import Group, whitened_factors
+
+__all__ = ["Dense", "LowerTriangular", "UpperTriangular", "MatrixFactor"]
+
+
+class MatrixFactor(NamedTuple):
+    """``B`` (or an element of ``m``) as a ``p x p`` matrix."""
+
+    matrix: jax.Array
+
+
+def _sym(x):
+    return 0.5 * (x + x.T)
+
+
+class _MatrixGroup(Group):
+    """Shared storage and algebra of the full-matrix groups (cost ``O(p^3)``)."""
+
+    def identity(self, p, dtype=jnp.float32):
+        return MatrixFactor(jnp.eye(p, dtype=dtype))
+
+    def matvec(self, b, v):
+        return b.matrix @ v
+
+    def rmatvec(self, b, v):
+        return b.matrix.T @ v
+
+    def mul(self, b, c):
+        return MatrixFactor(b.matrix @ c.matrix)
+
+    def to_dense(self, b):
+        return b.matrix
+
+    def local_gradient(self, b, curvature, gamma):
+        w, u = whitened_factors(self, b, curvature)
+        x = _sym(w.T @ u) - gamma * jnp.eye(w.shape[-1], dtype=w.dtype)
+        return MatrixFactor(x)
+
+    def fisher_norm_sq(self, m):
+        return 0.5 * jnp.sum((m.matrix + m.matrix.T) ** 2)
+
+
+class Dense(_MatrixGroup):
+    """GL(p) with the symmetric sub-algebra: ``C ⊙ kappa(X) = X / 2`` (MATH.md sec. 3).
+
+    With ``gamma = 1`` the step is the Newton / VON update
+    ``S <- (1 - beta) S + beta E[hess l] + O(beta^2)``. Cost ``O(p^3)``.
+    """
+
+    name = "dense"
+
+    def solve(self, b, v):
+        return jnp.linalg.solve(b.matrix, v)
+
+    def rsolve(self, b, v):
+        return jnp.linalg.solve(b.matrix.T, v)
+
+    def logdet(self, b):
+        return jnp.linalg.slogdet(b.matrix)[1]
+
+    def natural_direction(self, x):
+        return MatrixFactor(0.5 * _sym(x.matrix))
+
+
+class LowerTriangular(_MatrixGroup):
+    """Lower-triangular ``B`` with nonzero diagonal (a Cholesky factor of ``S``).
+
+    ``C ⊙ kappa(X) = strict_lower(X) + diag(X) / 2``; solves ``O(p^2)``.
+    """
+
+    name = "lower"
+    lower = True
+
+    def _triangle(self, x):
+        return jnp.tril(x) if self.lower else jnp.triu(x)
+
+    def solve(self, b, v):
+        return solve_triangular(b.matrix, v, lower=self.lower)
+
+    def rsolve(self, b, v):
+        return solve_triangular(b.matrix, v, lower=self.lower, trans="T")
+
+    def logdet(self, b):
+        return jnp.sum(jnp.log(jnp.abs(jnp.diagonal(b.matrix))))
+
+    def natural_direction(self, x):
+        diag = jnp.diagonal(x.matrix)
+        return MatrixFactor(self._triangle(x.matrix) - 0.5 * jnp.diag(diag))
+
+    def local_gradient(self, b, curvature, gamma):
+        return MatrixFactor(self._triangle(super().local_gradient(b, curvature, gamma).matrix))
+
+
+class UpperTriangular(LowerTriangular):
+    """Upper-triangular ``B`` with nonzero diagonal (the transpose pattern).
+
+    ``C ⊙ kappa(X) = strict_upper(X) + diag(X) / 2``; solves ``O(p^2)``.
+    """
+
+    name = "upper"
+    lower = False

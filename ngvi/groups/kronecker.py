@@ -1,0 +1,134 @@
+"""Kronecker-factored groups ``B = B_1 ⊗ B_2``, for matrix-shaped latents."""
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ngvi.curvature import LowRankCurvature
+from ngvi.groups.base import Group
+
+__all__ = ["Kronecker", "KroneckerFactor"]
+
+
+class KroneckerFactor(NamedTuple):
+    """``B = left ⊗ right``, each in its factor group's storage."""
+
+    left: object
+    right: object
+
+
+class Kronecker(Group):
+    """``B = B_1 ⊗ B_2`` with ``B_1`` in ``left`` (``p1 x p1``) and ``B_2`` in
+    ``right`` (``p2 x p2``); ``z`` is read as a row-major ``p1 x p2`` matrix ``Z``
+    and ``B z = vec(B_1 Z B_2^T)``.
+
+    Gauge: ``a B_1 ⊗ B_2 / a`` is the same ``B``, so the joint Fisher matrix in
+    ``(M_1, M_2)`` is singular. The step uses the block-diagonal Fisher matrix,
+    each factor with the other held fixed (MATH.md sec. 4):
+
+        B_1 <- B_1 h(beta C_1 ⊙ kappa_1(tr_2 X) / p2),
+        B_2 <- B_2 h(beta C_2 ⊙ kappa_2(tr_1 X) / p1).
+
+    The partial traces come from the curvature factors ``H = sym(P^T Q)``
+    without forming a ``p x p`` matrix: ``tr_2 X = B_1^-1 H_1 B_1^-T - gamma p2 I``
+    with ``H_1 = sym(sum_n P_n B_2^-T (Q_n B_2^-T)^T)`` (``P_n`` = row ``n`` of
+    ``P`` as a ``p1 x p2`` matrix), and symmetrically for ``tr_1 X``. Each factor
+    then applies its own group's projection. Cost: the factor groups' costs with
+    ``n p2`` (resp. ``n p1``) curvature pairs, plus ``O(n p (p1 + p2))``.
+    """
+
+    name = "kronecker"
+
+    def __init__(self, left, right, shape=None):
+        self.left, self.right, self.shape = left, right, shape
+
+    def __repr__(self):
+        return f"Kronecker({self.left!r}, {self.right!r}, shape={self.shape})"
+
+    def check(self, p):
+        super().check(p)
+        if self.shape is None:
+            raise ValueError(f"{self!r} needs shape=(p1, p2) with p1 * p2 = p = {p}.")
+        p1, p2 = self.shape
+        if p1 * p2 != p:
+            raise ValueError(f"{self!r}: factor sizes {p1} x {p2} = {p1 * p2} do not multiply to p={p}.")
+        self.left.check(p1)
+        self.right.check(p2)
+
+    def identity(self, p, dtype=jnp.float32):
+        p1, p2 = self.shape
+        return KroneckerFactor(self.left.identity(p1, dtype), self.right.identity(p2, dtype))
+
+    def init(self, p, scale=1.0, dtype=jnp.float32):
+        self.check(p)
+        p1, p2 = self.shape
+        root = math.sqrt(scale)
+        return KroneckerFactor(self.left.init(p1, root, dtype), self.right.init(p2, root, dtype))
+
+    def dim(self, b):
+        return self.left.dim(b.left) * self.right.dim(b.right)
+
+    def _apply(self, left_op, right_op, b, v):
+        """``vec(L Z R^T)`` for ``L = left_op(b.left)`` and ``R = right_op(b.right)``."""
+        z = v.reshape(self.shape)
+        z = jax.vmap(lambda col: left_op(b.left, col), in_axes=1, out_axes=1)(z)
+        z = jax.vmap(lambda row: right_op(b.right, row))(z)
+        return z.reshape(-1)
+
+    def matvec(self, b, v):
+        return self._apply(self.left.matvec, self.right.matvec, b, v)
+
+    def rmatvec(self, b, v):
+        return self._apply(self.left.rmatvec, self.right.rmatvec, b, v)
+
+    def solve(self, b, v):
+        return self._apply(self.left.solve, self.right.solve, b, v)
+
+    def rsolve(self, b, v):
+        return self._apply(self.left.rsolve, self.right.rsolve, b, v)
+
+    def logdet(self, b):
+        p1, p2 = self.shape
+        return p2 * self.left.logdet(b.left) + p1 * self.right.logdet(b.right)
+
+    def mul(self, b, c):
+        return KroneckerFactor(self.left.mul(b.left, c.left), self.right.mul(b.right, c.right))
+
+    def h(self, m):
+        """``h(M_1) ⊗ h(M_2)``: each factor retracted in its own group."""
+        return KroneckerFactor(self.left.h(m.left), self.right.h(m.right))
+
+    def to_dense(self, b):
+        return jnp.kron(self.left.to_dense(b.left), self.right.to_dense(b.right))
+
+    def covariance_diagonal(self, b):
+        return jnp.kron(self.left.covariance_diagonal(b.left), self.right.covariance_diagonal(b.right))
+
+    def local_gradient(self, b, curvature, gamma):
+        p1, p2 = self.shape
+        p_factor, q_factor = (f.reshape(-1, p1, p2) for f in curvature.factors())
+        # Left factor: columns of P_n B_2^-T; right factor: rows of B_1^-1 P_n.
+        right_solve = jax.vmap(jax.vmap(lambda row: self.right.solve(b.right, row)))
+        left_solve = jax.vmap(jax.vmap(lambda col: self.left.solve(b.left, col), in_axes=1, out_axes=1))
+        columns = lambda f: jnp.swapaxes(right_solve(f), 1, 2).reshape(-1, p1)
+        rows = lambda f: left_solve(f).reshape(-1, p2)
+        left_curvature = LowRankCurvature(columns(p_factor), columns(q_factor))
+        right_curvature = LowRankCurvature(rows(p_factor), rows(q_factor))
+        return KroneckerFactor(
+            self.left.local_gradient(b.left, left_curvature, gamma * p2),
+            self.right.local_gradient(b.right, right_curvature, gamma * p1),
+        )
+
+    def natural_direction(self, x):
+        p1, p2 = self.shape
+        scale = lambda a, tree: jax.tree.map(lambda leaf: leaf / a, tree)
+        return KroneckerFactor(
+            scale(p2, self.left.natural_direction(x.left)),
+            scale(p1, self.right.natural_direction(x.right)),
+        )
+
+    def fisher_norm_sq(self, m):
+        p1, p2 = self.shape
+        return p2 * self.left.fisher_norm_sq(m.left) + p1 * self.right.fisher_norm_sq(m.right)
