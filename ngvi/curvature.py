@@ -16,7 +16,7 @@ import abc
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Curvature", "HessianCurvature", "LowRankCurvature"]
+__all__ = ["Curvature", "HessianCurvature", "LowRankCurvature", "SumCurvature"]
 
 
 class Curvature(abc.ABC):
@@ -80,3 +80,20 @@ class HessianCurvature(Curvature):
             return eye, jax.vmap(self.hvp)(eye)
         scaled = self.probes / jnp.sqrt(self.probes.shape[0])
         return scaled, jax.vmap(self.hvp)(scaled)
+
+
+class SumCurvature(Curvature):
+    """``H = H_1 + H_2 + ...`` (e.g. an exact prior Hessian plus a Gauss-Newton term)."""
+
+    def __init__(self, *parts):
+        self.parts = parts
+
+    def matvec(self, v):
+        return sum(part.matvec(v) for part in self.parts)
+
+    def diagonal(self):
+        return sum(part.diagonal() for part in self.parts)
+
+    def factors(self):
+        p_factors, q_factors = zip(*(part.factors() for part in self.parts))
+        return jnp.concatenate(p_factors), jnp.concatenate(q_factors)

@@ -1,0 +1,125 @@
+"""Monte-Carlo estimators of the gradients the natural-gradient step needs.
+
+For ``q = N(mu, (B B^T)^-1)``, ``z = mu + B^-T eps`` with ``eps ~ N(0, I)`` drawn
+in antithetic pairs ``(eps, -eps)``, each estimator returns (MATH.md sec. 3, 5)
+
+* ``loss``: ``L = E_q[l] + gamma E_q[log q]`` (the negative ELBO for ``gamma = 1``),
+* ``grad_loc``: ``g_mu = E_q[grad l]``,
+* ``curvature``: an operator for ``H = E_q[hess l]`` (:mod:`ngvi.curvature`).
+
+``target`` is a :class:`Target`: ``l(z)`` and, for Gauss-Newton, the split of
+``l`` into a prior part and per-example negative log-likelihoods.
+"""
+
+import math
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from ngvi.curvature import Curvature, HessianCurvature, LowRankCurvature, SumCurvature
+
+__all__ = ["Target", "Estimate", "ESTIMATORS", "hessian", "stein", "gauss_newton", "zeroth_order", "gaussian_samples"]
+
+
+class Target(NamedTuple):
+    """``potential(z) = l(z) = -log p(x, z)`` on the flat unconstrained latent
+    vector; ``log_likelihood(z)``, if given, the per-example log-likelihoods of
+    the observed sites (a vector summing to ``log p(x | z)`` with any subsample
+    scaling applied)."""
+
+    potential: Callable
+    log_likelihood: Optional[Callable] = None
+
+
+class Estimate(NamedTuple):
+    loss: jax.Array
+    grad_loc: jax.Array
+    curvature: Curvature
+
+
+def gaussian_samples(key, group, loc, factor, num_samples):
+    """Antithetic ``eps`` (``(eps, -eps)`` pairs) and ``z = mu + B^-T eps``."""
+    half = jax.random.normal(key, ((num_samples + 1) // 2, loc.shape[-1]), loc.dtype)
+    eps = jnp.concatenate([half, -half])[:num_samples]
+    return eps, loc + jax.vmap(lambda e: group.rsolve(factor, e))(eps)
+
+
+def neg_entropy(group, factor, dim):
+    """``E_q[log q] = -p (1 + log 2 pi) / 2 + log |det B|``."""
+    return -0.5 * dim * (1.0 + math.log(2 * math.pi)) + group.logdet(factor)
+
+
+def _values_and_grads(potential, z):
+    return jax.vmap(jax.value_and_grad(potential))(z)
+
+
+def _estimate(values, grad_loc, curvature, group, factor, gamma):
+    loss = jnp.mean(values) + gamma * neg_entropy(group, factor, grad_loc.shape[-1])
+    return Estimate(loss, grad_loc, curvature)
+
+
+def _mean_hvp(fn, z):
+    """``v -> mean_n hess fn(z_n) v`` by forward-over-reverse products."""
+    grad = jax.grad(fn)
+    return lambda v: jnp.mean(jax.vmap(lambda zi: jax.jvp(grad, (zi,), (v,))[1])(z), axis=0)
+
+
+def hessian(key, target, group, loc, factor, num_samples, gamma, probes=None):
+    """Price's theorem: ``H`` through Hessian-vector products at the samples.
+
+    ``probes`` (an int) switches ``diag(H)`` and the curvature factors to
+    Hutchinson estimates with that many Rademacher vectors; by default they are
+    exact (``p`` products, only for groups that need them)."""
+    sample_key, probe_key = jax.random.split(key)
+    _, z = gaussian_samples(sample_key, group, loc, factor, num_samples)
+    values, grads = _values_and_grads(target.potential, z)
+    rademacher = None
+    if probes is not None:
+        rademacher = jax.random.rademacher(probe_key, (probes, loc.shape[-1]), loc.dtype)
+    curvature = HessianCurvature(_mean_hvp(target.potential, z), loc.shape[-1], loc.dtype, rademacher)
+    return _estimate(values, jnp.mean(grads, axis=0), curvature, group, factor, gamma)
+
+
+def stein(key, target, group, loc, factor, num_samples, gamma):
+    """Bonnet and Stein, gradients only: ``E[hess l] = E[S (z - mu) grad l(z)^T]``
+    with ``S (z - mu) = B eps``, so ``H = sym(mean_n (B eps_n) g_n^T)``."""
+    eps, z = gaussian_samples(key, group, loc, factor, num_samples)
+    values, grads = _values_and_grads(target.potential, z)
+    b_eps = jax.vmap(lambda e: group.matvec(factor, e))(eps)
+    curvature = LowRankCurvature(b_eps / num_samples, grads)
+    return _estimate(values, jnp.mean(grads, axis=0), curvature, group, factor, gamma)
+
+
+def gauss_newton(key, target, group, loc, factor, num_samples, gamma):
+    """Gauss-Newton (VOGN): ``H = E[hess l_prior] + E[sum_i g_i g_i^T]`` with
+    ``g_i`` the gradients of the per-example negative log-likelihoods; always
+    positive semi-definite on the likelihood part."""
+    if target.log_likelihood is None:
+        raise ValueError("estimator='gauss_newton' needs per-example log-likelihoods of observed sites.")
+    _, z = gaussian_samples(key, group, loc, factor, num_samples)
+    values, grads = _values_and_grads(target.potential, z)
+    prior = lambda zi: target.potential(zi) + jnp.sum(target.log_likelihood(zi))
+    per_example = jax.vmap(jax.jacrev(target.log_likelihood))(z)  # (n, N, p)
+    per_example = per_example.reshape(-1, loc.shape[-1]) / math.sqrt(num_samples)
+    curvature = SumCurvature(
+        HessianCurvature(_mean_hvp(prior, z), loc.shape[-1], loc.dtype),
+        LowRankCurvature(per_example, per_example),
+    )
+    return _estimate(values, jnp.mean(grads, axis=0), curvature, group, factor, gamma)
+
+
+def zeroth_order(key, target, group, loc, factor, num_samples, gamma):
+    """Log-density values only (evolution strategies), with the mean as baseline:
+    ``g_mu = E[B eps (l - lbar)]`` and ``H = E[(B eps eps^T B^T - S)(l - lbar)]``;
+    the ``S`` term vanishes because the centred values sum to zero."""
+    eps, z = gaussian_samples(key, group, loc, factor, num_samples)
+    values = jax.vmap(target.potential)(z)
+    centred = values - jnp.mean(values)
+    b_eps = jax.vmap(lambda e: group.matvec(factor, e))(eps)
+    weighted = b_eps * centred[:, None] / num_samples
+    curvature = LowRankCurvature(weighted, b_eps)
+    return _estimate(values, jnp.sum(weighted, axis=0), curvature, group, factor, gamma)
+
+
+ESTIMATORS = {"hessian": hessian, "stein": stein, "gauss_newton": gauss_newton, "zeroth_order": zeroth_order}
