@@ -3,6 +3,7 @@
 from ngvi import groups
 from ngvi.guides import StructuredGaussian
 from ngvi.infer import NGVI, NGVIRunResult, NGVIState
+from ngvi.inference_data import to_inference_data
 
-__all__ = ["NGVI", "NGVIState", "NGVIRunResult", "StructuredGaussian", "groups"]
+__all__ = ["NGVI", "NGVIState", "NGVIRunResult", "StructuredGaussian", "to_inference_data", "groups"]
 __version__ = "0.1.0"

@@ -48,8 +48,8 @@ class NGVI:
         values only); extra keyword arguments go to the estimator (``probes=`` for
         Hutchinson diagonals with ``"hessian"``).
     :param gamma: the weight of ``E_q[log q]`` (1 for VI).
-    :param trust_radius: bound on the root-mean-square size of the local factor
-        step in the Fisher metric (:func:`ngvi.ngd.natural_gradient_step`).
+    :param trust_radius: bound on the spectral norm of the local factor step
+        (:func:`ngvi.ngd.natural_gradient_step`).
     :param loc_trust_radius: the same bound for the mean step, in standard
         deviations of the updated posterior.
     """
@@ -103,11 +103,12 @@ class NGVI:
         """One natural-gradient step; returns ``(state, loss)`` with ``loss`` the
         negative-ELBO estimate at the state before the step. A step whose result
         is not finite is rejected: the state is kept and ``num_rejected`` grows."""
-        rng_key, key = jax.random.split(state.rng_key)
+        rng_key, key, step_key = jax.random.split(state.rng_key, 3)
         estimate = self._estimate_at(key, state, args, kwargs)
         beta = self._beta(state.step)
         loc, factor, _ = natural_gradient_step(
-            self.guide.group, state.loc, state.factor, estimate, beta, self.gamma, self.trust_radius, self.loc_trust_radius
+            step_key, self.guide.group, state.loc, state.factor, estimate, beta, self.gamma,
+            self.trust_radius, self.loc_trust_radius,
         )
         accept = is_finite(loc, factor, estimate.loss)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, old)

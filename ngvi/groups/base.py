@@ -108,6 +108,28 @@ class Group(abc.ABC):
     def fisher_norm_sq(self, m):
         """``<M, M> = (1/2) ||M + M^T||_F^2``, the local Fisher metric on ``m``."""
 
+    def algebra_matvec(self, m, v):
+        """``M v`` for ``M`` in the sub-algebra (the same as ``matvec`` where
+        ``m`` and ``G`` share one storage)."""
+        return self.matvec(m, v)
+
+    def algebra_rmatvec(self, m, v):
+        """``M^T v`` for ``M`` in the sub-algebra."""
+        return self.rmatvec(m, v)
+
+    def spectral_norm(self, m, iterations=20):
+        """``||M||_2`` by power iteration on ``M^T M`` with structured products
+        (from a fixed random start, so deterministic). It bounds how much
+        ``h(M)`` can stretch or shrink ``B`` in any direction."""
+        v = jax.random.normal(jax.random.PRNGKey(0), (self.dim(m),), jax.tree.leaves(m)[0].dtype)
+
+        def power(v, _):
+            w = self.algebra_rmatvec(m, self.algebra_matvec(m, v))
+            return w / jnp.maximum(jnp.linalg.norm(w), jnp.finfo(w.dtype).tiny), None
+
+        v = jax.lax.scan(power, v / jnp.linalg.norm(v), None, length=iterations)[0]
+        return jnp.linalg.norm(self.algebra_matvec(m, v))
+
     def h(self, m):
         """``h(M) = I + M + M^2 / 2``, which lies in ``G`` for every ``M`` in ``m``."""
         eye = self.identity(self.dim(m), jax.tree.leaves(m)[0].dtype)

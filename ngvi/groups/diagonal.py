@@ -53,5 +53,8 @@ class Diagonal(Group):
     def natural_direction(self, x):
         return DiagonalFactor(0.5 * x.diag)
 
+    def spectral_norm(self, m):
+        return jnp.max(jnp.abs(m.diag))
+
     def fisher_norm_sq(self, m):
         return 2.0 * jnp.sum(m.diag**2)

@@ -89,6 +89,15 @@ class Kronecker(Group):
     def rsolve(self, b, v):
         return self._apply(self.left.rsolve, self.right.rsolve, b, v)
 
+    def algebra_matvec(self, m, v):
+        """``(M_1 ⊗ I + I ⊗ M_2) v``: the sub-algebra is a Kronecker sum."""
+        identity = lambda _, x: x
+        return self._apply(self.left.algebra_matvec, identity, m, v) + self._apply(identity, self.right.algebra_matvec, m, v)
+
+    def algebra_rmatvec(self, m, v):
+        identity = lambda _, x: x
+        return self._apply(self.left.algebra_rmatvec, identity, m, v) + self._apply(identity, self.right.algebra_rmatvec, m, v)
+
     def logdet(self, b):
         p1, p2 = self.shape
         return p2 * self.left.logdet(b.left) + p1 * self.right.logdet(b.right)

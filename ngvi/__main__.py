@@ -1,0 +1,5 @@
+import sys
+
+from ngvi.cli import main
+
+sys.exit(main())
