@@ -1,9 +1,18 @@
 """Structured natural-gradient variational inference for NumPyro."""
 
 from ngvi import groups
-from ngvi.guides import StructuredGaussian
+from ngvi.guides import MixtureELBO, StructuredGaussian, StructuredGaussianMixture
 from ngvi.infer import NGVI, NGVIRunResult, NGVIState
 from ngvi.inference_data import to_inference_data
 
-__all__ = ["NGVI", "NGVIState", "NGVIRunResult", "StructuredGaussian", "to_inference_data", "groups"]
+__all__ = [
+    "NGVI",
+    "NGVIState",
+    "NGVIRunResult",
+    "StructuredGaussian",
+    "StructuredGaussianMixture",
+    "MixtureELBO",
+    "to_inference_data",
+    "groups",
+]
 __version__ = "0.1.0"

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 from numpyro import handlers
 from tqdm.auto import tqdm
 
-from ngvi.estimators import ESTIMATORS
+from ngvi.estimators import ESTIMATORS, Target
+from ngvi.guides.mixture import StructuredGaussianMixture
 from ngvi.ngd import is_finite, natural_gradient_step
 from ngvi.target import check_initial_point, make_target
 
@@ -19,14 +20,17 @@ __all__ = ["NGVI", "NGVIState", "NGVIRunResult"]
 
 
 class NGVIState(NamedTuple):
-    """``loc`` and ``factor`` are ``mu`` and ``B``; ``num_rejected`` counts steps
-    that were not finite and were dropped (the state stayed where it was)."""
+    """``loc`` and ``factor`` are ``mu`` and ``B`` (with a leading component axis
+    for a mixture, whose ``log_weights`` are the natural weight coordinates);
+    ``num_rejected`` counts steps that were not finite and were dropped (the
+    state stayed where it was)."""
 
     loc: jax.Array
     factor: Any
     step: jax.Array
     num_rejected: jax.Array
     rng_key: jax.Array
+    log_weights: Any = None
 
 
 class NGVIRunResult(NamedTuple):
@@ -39,7 +43,11 @@ class NGVI:
     """Natural-gradient VI (Lin, Nielsen, Khan and Schmidt, ICML 2021).
 
     :param model: the NumPyro model.
-    :param guide: a :class:`ngvi.StructuredGaussian` of the same model.
+    :param guide: a :class:`ngvi.StructuredGaussian` or
+        :class:`ngvi.StructuredGaussianMixture` of the same model. Each mixture
+        component takes the single-Gaussian step on ``f = l + gamma log q``
+        with expectations under its own component (stratified sampling,
+        ``num_samples`` draws per component; MATH.md sec. 6).
     :param step_size: ``beta``, a float or a schedule ``step -> float`` (e.g. an optax schedule).
     :param num_samples: Monte-Carlo samples per step (drawn in antithetic pairs).
     :param estimator: ``"hessian"`` (Hessian-vector products), ``"stein"``
@@ -87,30 +95,69 @@ class NGVI:
         init_key, check_key, state_key = jax.random.split(rng_key, 3)
         with handlers.block():
             handlers.seed(self.guide, init_key)(*args, **kwargs)
-        loc, factor = self.guide.init_params()
-        check_initial_point(self.guide, check_key, loc, args, kwargs)
+        loc, factor, *log_weights = self.guide.init_params()
+        first_loc = loc[0] if self._is_mixture else loc
+        check_initial_point(self.guide, check_key, first_loc, args, kwargs)
         zero = jnp.zeros((), jnp.int32)
-        return NGVIState(loc, factor, zero, zero, state_key)
+        return NGVIState(loc, factor, zero, zero, state_key, *log_weights)
 
-    def _estimate_at(self, key, state, args, kwargs):
-        estimate_key, model_key = jax.random.split(key)
-        target = make_target(self.guide, model_key, args, kwargs)
-        return self._estimate(
-            estimate_key, target, self.guide.group, state.loc, state.factor, self.num_samples, self.gamma
+    @property
+    def _is_mixture(self):
+        return isinstance(self.guide, StructuredGaussianMixture)
+
+    def _step_gaussian(self, keys, state, target, beta):
+        """The single-Gaussian step: ``gamma E[log q]`` in closed form."""
+        estimate_key, step_key = keys
+        estimate = self._estimate(estimate_key, target, self.guide.group, state.loc, state.factor, self.num_samples, self.gamma)
+        if beta is None:
+            return None, None, None, estimate.loss
+        loc, factor, _ = natural_gradient_step(
+            step_key, self.guide.group, state.loc, state.factor, estimate, beta, self.gamma,
+            self.trust_radius, self.loc_trust_radius,
         )
+        return loc, factor, None, estimate.loss
+
+    def _step_mixture(self, keys, state, target, beta):
+        """Each component steps on ``f = l + gamma log q`` under its own ``q_c``
+        (MATH.md sec. 6); learned weights move by ``v_c -= beta (E_c[f] - E_K[f])``."""
+        group, num = self.guide.group, self.guide.num_components
+        mixture = self.guide._mixture(state.loc, state.factor, state.log_weights)
+        f = Target(lambda z: target.potential(z) + self.gamma * mixture.log_prob(z), target.log_likelihood)
+        # One component uses the keys as they are: it takes exactly the single-Gaussian step.
+        estimate_keys, step_keys = (k[None] if num == 1 else jax.random.split(k, num) for k in keys)
+
+        def component(estimate_key, step_key, loc, factor):
+            estimate = self._estimate(estimate_key, f, group, loc, factor, self.num_samples, 0.0)
+            if beta is None:
+                return loc, factor, estimate.loss
+            loc, factor, _ = natural_gradient_step(
+                step_key, group, loc, factor, estimate, beta, 0.0,
+                self.trust_radius, self.loc_trust_radius, entropy_weight=self.gamma,
+            )
+            return loc, factor, estimate.loss
+
+        locs, factors, losses = jax.vmap(component)(estimate_keys, step_keys, state.loc, state.factor)
+        loss = jnp.sum(jax.nn.softmax(state.log_weights) * losses)
+        log_weights = state.log_weights
+        if self.guide.learn_weights and beta is not None:
+            log_weights = log_weights - beta * (losses - losses[-1])
+        return locs, factors, log_weights, loss
+
+    def _step(self, key, state, args, kwargs, beta):
+        """``(loc, factor, log_weights, loss)`` after one step of size ``beta``
+        (with ``beta=None``: only the loss estimate at ``state``)."""
+        estimate_key, model_key, step_key = jax.random.split(key, 3)
+        target = make_target(self.guide, model_key, args, kwargs)
+        step = self._step_mixture if self._is_mixture else self._step_gaussian
+        return step((estimate_key, step_key), state, target, beta)
 
     def update(self, state, *args, **kwargs):
         """One natural-gradient step; returns ``(state, loss)`` with ``loss`` the
         negative-ELBO estimate at the state before the step. A step whose result
         is not finite is rejected: the state is kept and ``num_rejected`` grows."""
-        rng_key, key, step_key = jax.random.split(state.rng_key, 3)
-        estimate = self._estimate_at(key, state, args, kwargs)
-        beta = self._beta(state.step)
-        loc, factor, _ = natural_gradient_step(
-            step_key, self.guide.group, state.loc, state.factor, estimate, beta, self.gamma,
-            self.trust_radius, self.loc_trust_radius,
-        )
-        accept = is_finite(loc, factor, estimate.loss)
+        rng_key, key = jax.random.split(state.rng_key)
+        loc, factor, log_weights, loss = self._step(key, state, args, kwargs, self._beta(state.step))
+        accept = is_finite(loc, factor, log_weights, loss)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, old)
         new_state = NGVIState(
             keep(loc, state.loc),
@@ -118,8 +165,9 @@ class NGVI:
             state.step + 1,
             state.num_rejected + (~accept).astype(jnp.int32),
             rng_key,
+            keep(log_weights, state.log_weights),
         )
-        return new_state, estimate.loss
+        return new_state, loss
 
     def run(self, rng_key, num_steps, *args, progress_bar=True, init_state=None, **kwargs):
         """``num_steps`` steps as jit-compiled ``lax.scan`` chunks (one chunk
@@ -148,10 +196,11 @@ class NGVI:
         return NGVIRunResult(self.get_params(state), state, losses)
 
     def get_params(self, state):
-        """The guide's param dict (``{prefix}_loc``, ``{prefix}_factor_*``)."""
-        return self.guide.pack_params(state.loc, state.factor)
+        """The guide's param dict (``{prefix}_loc``, ``{prefix}_factor_*``, ...)."""
+        extra = (state.log_weights,) if self._is_mixture else ()
+        return self.guide.pack_params(state.loc, state.factor, *extra)
 
     def evaluate(self, state, *args, **kwargs):
         """A negative-ELBO estimate at ``state`` from fresh samples."""
         key = jax.random.fold_in(state.rng_key, 1)
-        return self._estimate_at(key, state, args, kwargs).loss
+        return self._step(key, state, args, kwargs, None)[-1]

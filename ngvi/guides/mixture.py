@@ -1,0 +1,170 @@
+"""``StructuredGaussianMixture``: a mixture of structured Gaussians over the flat
+unconstrained latent vector, for multimodal posteriors (MATH.md sec. 6)."""
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+from numpyro.infer.elbo import ELBO, TraceGraph_ELBO
+from numpyro.infer.initialization import init_to_uniform
+
+from ngvi.guides.distribution import StructuredNormal
+from ngvi.guides.structured_gaussian import StructuredGaussian
+from ngvi.target import make_target
+
+__all__ = ["StructuredGaussianMixture", "MixtureELBO"]
+
+
+def _check_weights(weights, num_components):
+    weights = jnp.asarray(weights)
+    if weights.shape != (num_components,):
+        raise ValueError(f"weights must have shape ({num_components},), one per component, got {weights.shape}.")
+    if bool(jnp.any(weights <= 0)) or abs(float(jnp.sum(weights)) - 1.0) > 1e-6:
+        raise ValueError(f"weights must be a simplex (positive, summing to 1), got {weights.tolist()}.")
+    return weights
+
+
+class MixtureELBO(ELBO):
+    """The stratified ELBO of a :class:`StructuredGaussianMixture` for stock SVI:
+
+        ELBO = sum_c pi_c E_{q_c}[log p(x, z) - log q(z)],   z = mu_c + B_c^-T eps,
+
+    reparameterised within each component (``num_particles`` draws from every
+    component), so its gradient is unbiased for the means, the factors and the
+    weights. ``Trace_ELBO`` would differentiate through the component draw as
+    if it were fixed and miss the score term of the discrete choice.
+    """
+
+    def loss(self, rng_key, param_map, model, guide, *args, **kwargs):
+        return self.loss_with_mutable_state(rng_key, param_map, model, guide, *args, **kwargs)["loss"]
+
+    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
+        if not isinstance(guide, StructuredGaussianMixture):
+            raise ValueError("MixtureELBO is the loss of a StructuredGaussianMixture guide.")
+        sample_key, model_key = jax.random.split(rng_key)
+        mixture = guide.get_posterior(param_map)
+        z = mixture.component_distribution.sample(sample_key, (self.num_particles,))  # (n, K, p)
+        potential = jax.vmap(jax.vmap(make_target(guide, model_key, args, kwargs).potential))
+        log_ratio = -potential(z) - mixture.log_prob(z)  # (n, K)
+        elbo = jnp.sum(mixture.mixing_distribution.probs * jnp.mean(log_ratio, axis=0))
+        return {"loss": -elbo, "mutable_state": None}
+
+
+def _check_loss_supports_mixture():
+    """Raise if a NumPyro ELBO other than MixtureELBO or TraceGraph_ELBO is
+    evaluating the guide (checked once, while the loss is being traced)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, ELBO) and not isinstance(owner, (MixtureELBO, TraceGraph_ELBO)):
+            raise ValueError(
+                f"{type(owner).__name__} gives biased gradients for StructuredGaussianMixture: the component "
+                "draw is not reparameterisable. Use SVI(model, guide, optim, ngvi.MixtureELBO()) "
+                "(or TraceGraph_ELBO, which adds the score-function term)."
+            )
+        frame = frame.f_back
+
+
+class StructuredGaussianMixture(StructuredGaussian):
+    """``q(z) = sum_c pi_c N(mu_c, (B_c B_c^T)^-1)``, each ``B_c`` in ``group``.
+
+    Parameters: ``{prefix}_locs`` (``K x p``), ``{prefix}_factor_*`` (the group's
+    storage with a leading ``K``) and, with ``learn_weights=True``,
+    ``{prefix}_weight_logits`` (natural coordinates ``v_c = log(pi_c / pi_K)``,
+    ``v_K = 0``). Component means start spread out so that they do not all
+    collapse onto one mode: ``init_locs`` if given, else the initial point plus
+    ``init_spread`` times independent standard normal draws (made from the
+    guide's random key when it is first run).
+
+    With :class:`ngvi.NGVI` each component takes the natural-gradient step of
+    MATH.md sec. 6; with stock ``SVI`` use :class:`MixtureELBO`.
+
+    :param num_components: ``K >= 1``.
+    :param weights: fixed mixture weights (a simplex); equal by default.
+    :param learn_weights: learn the weights (starting from ``weights``).
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        num_components,
+        group=None,
+        weights=None,
+        learn_weights=False,
+        prefix="auto",
+        init_loc_fn=init_to_uniform,
+        init_scale=0.1,
+        init_locs=None,
+        init_spread=1.0,
+    ):
+        if int(num_components) != num_components or num_components < 1:
+            raise ValueError(f"num_components must be a positive integer, got {num_components}.")
+        self.num_components = int(num_components)
+        equal = jnp.full((self.num_components,), 1.0 / self.num_components)
+        self._init_weights = equal if weights is None else _check_weights(weights, self.num_components)
+        self.learn_weights = learn_weights
+        self._init_locs_given, self._init_spread = init_locs, init_spread
+        super().__init__(model, group=group, prefix=prefix, init_loc_fn=init_loc_fn, init_scale=init_scale)
+
+    def _setup_prototype(self, *args, **kwargs):
+        super()._setup_prototype(*args, **kwargs)
+        shape = (self.num_components, self.latent_dim)
+        if self._init_locs_given is None:
+            noise = jax.random.normal(numpyro.prng_key(), shape, self._init_latent.dtype)
+            self._init_component_locs = self._init_latent + self._init_spread * noise
+        else:
+            locs = jnp.asarray(self._init_locs_given, self._init_latent.dtype)
+            if locs.shape != shape:
+                raise ValueError(f"init_locs must have shape {shape} (components x latent dimension), got {locs.shape}.")
+            self._init_component_locs = locs
+        batch = lambda leaf: jnp.broadcast_to(leaf, (self.num_components,) + leaf.shape)
+        self._factor_init = {name: batch(leaf) for name, leaf in self._factor_init.items()}
+
+    def _log_weights_init(self):
+        logits = jnp.log(self._init_weights).astype(self._init_latent.dtype)
+        return logits - logits[-1]
+
+    def _get_posterior(self):
+        _check_loss_supports_mixture()
+        locs = numpyro.param(f"{self.prefix}_locs", self._init_component_locs)
+        leaves = [numpyro.param(name, init) for name, init in self._factor_init.items()]
+        log_weights = self._log_weights_init()
+        if self.learn_weights:
+            log_weights = numpyro.param(f"{self.prefix}_weight_logits", log_weights)
+        return self._mixture(locs, jax.tree.unflatten(self._factor_treedef, leaves), log_weights)
+
+    def _mixture(self, locs, factors, log_weights):
+        components = StructuredNormal(locs, factors, self.group)
+        return dist.MixtureSameFamily(dist.Categorical(logits=log_weights), components)
+
+    def init_params(self):
+        """The initial ``(locs, factors, log_weights)``."""
+        leaves = list(self._factor_init.values())
+        return self._init_component_locs, jax.tree.unflatten(self._factor_treedef, leaves), self._log_weights_init()
+
+    def unpack_params(self, params):
+        """``(locs, factors, log_weights)`` from a param dict."""
+        leaves = [params[name] for name in self._factor_init]
+        log_weights = params.get(f"{self.prefix}_weight_logits", self._log_weights_init())
+        return params[f"{self.prefix}_locs"], jax.tree.unflatten(self._factor_treedef, leaves), log_weights
+
+    def pack_params(self, locs, factors, log_weights):
+        """The param dict of ``(locs, factors, log_weights)``."""
+        params = {f"{self.prefix}_locs": locs, **dict(zip(self._factor_init, jax.tree.leaves(factors)))}
+        if self.learn_weights:
+            params[f"{self.prefix}_weight_logits"] = log_weights
+        return params
+
+    def get_posterior(self, params):
+        """The mixture over the flat unconstrained latent vector
+        (``numpyro.distributions.MixtureSameFamily``)."""
+        return self._mixture(*self.unpack_params(params))
+
+    def median(self, params):
+        raise NotImplementedError("a Gaussian mixture has no closed-form median; use sample_posterior.")
+
+    def quantiles(self, params, quantiles):
+        raise NotImplementedError("a Gaussian mixture has no closed-form quantiles; use sample_posterior.")
