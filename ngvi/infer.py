@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from numpyro import handlers
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ngvi.estimators import ESTIMATORS, Target
 from ngvi.guides.mixture import StructuredGaussianMixture
