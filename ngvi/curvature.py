@@ -26,6 +26,10 @@ class Curvature(abc.ABC):
     def matvec(self, v):
         """``H v``."""
 
+    def matmat(self, vectors):
+        """``H v`` for each row ``v`` of ``vectors``."""
+        return jax.vmap(self.matvec)(vectors)
+
     @abc.abstractmethod
     def diagonal(self):
         """``diag(H)``."""
@@ -45,8 +49,14 @@ class LowRankCurvature(Curvature):
     def matvec(self, v):
         return 0.5 * (self.p_factor.T @ (self.q_factor @ v) + self.q_factor.T @ (self.p_factor @ v))
 
+    def matmat(self, vectors):
+        return 0.5 * ((vectors @ self.q_factor.T) @ self.p_factor + (vectors @ self.p_factor.T) @ self.q_factor)
+
     def diagonal(self):
-        return jnp.sum(self.p_factor * self.q_factor, axis=0)
+        # A loop over the n rows: XLA reduces a short leading axis slowly on CPU.
+        p_factor, q_factor = self.p_factor, self.q_factor
+        step = lambda i, total: total + p_factor[i] * q_factor[i]
+        return jax.lax.fori_loop(0, p_factor.shape[0], step, jnp.zeros_like(p_factor[0]))
 
     def factors(self):
         return self.p_factor, self.q_factor

@@ -27,6 +27,10 @@ def _solve(a, v, transpose=False):
     return jnp.linalg.solve(a.T if transpose else a, v)
 
 
+def _inverse(a):
+    return _solve(a, jnp.eye(a.shape[0], dtype=a.dtype))
+
+
 def _logabsdet(a):
     return jnp.linalg.slogdet(a)[1] if a.shape[0] else jnp.zeros((), a.dtype)
 
@@ -120,7 +124,7 @@ class BlockUpperTriangular(Group):
 
     def covariance_diagonal(self, b):
         """Column norms of ``B^-1 = [[A^-1, -A^-1 B_B D^-1], [0, D^-1]]``."""
-        head_inv = _solve(b.head, jnp.eye(self.k, dtype=b.diag.dtype))
+        head_inv = _inverse(b.head)
         tail = (jnp.sum((head_inv @ b.cross) ** 2, axis=0) + 1.0) / b.diag**2
         return jnp.concatenate([jnp.sum(head_inv**2, axis=0), tail])
 
@@ -129,7 +133,7 @@ class BlockUpperTriangular(Group):
         dtype = b.diag.dtype
         # rows i < k of Y = B^-1 H B^-T are (B^-1 H B^-T e_i)^T: k products.
         probes = jax.vmap(lambda e: self.rsolve(b, e))(_basis(jnp.arange(k), p, dtype))
-        rows = jax.vmap(lambda r: self.solve(b, curvature.matvec(r)))(probes)
+        rows = jax.vmap(lambda r: self.solve(b, r))(curvature.matmat(probes))
         head = _sym(rows[:, :k]) - gamma * jnp.eye(k, dtype=dtype)
         diag = curvature.diagonal()[k:] / b.diag**2 - gamma
         return BlockUpperFactor(head, rows[:, k:], diag)
@@ -257,13 +261,13 @@ class Hierarchical(Group):
         k1, k2, p = self.k1, self.k2, self.dim(b)
         dtype = b.diag.dtype
         probes = jax.vmap(lambda e: self.rsolve(b, e))(_basis(self._dense_indices(p), p, dtype))
-        h_probes = jax.vmap(curvature.matvec)(probes)  # (k1 + k2, p): H B^-T e_i
+        h_probes = curvature.matmat(probes)  # (k1 + k2, p): H B^-T e_i
         rows = jax.vmap(lambda r: self.solve(b, r))(h_probes)  # rows of Y = B^-1 H B^-T
         first, last = rows[:k1], rows[k1:]
         # Y_jj on D with B^-T e_j = [a_j, e_j / d_j, 0], a_j = -A^-T C1_j^T / d_j,
         # and H[:, :k1] = (H B^-T E_k1) A^T.
         h_cols = h_probes[:k1].T @ b.head.T  # (p, k1)
-        a = -_solve(b.head, b.lower.T, transpose=True).T / b.diag[:, None]  # (m, k1)
+        a = -(b.lower @ _inverse(b.head)) / b.diag[:, None]  # (m, k1): one small inverse, then a product
         h_aa, h_da = h_cols[:k1], h_cols[k1 : p - k2]
         h_dd = curvature.diagonal()[k1 : p - k2]
         y_dd = jnp.einsum("ja,ab,jb->j", a, h_aa, a) + 2.0 * jnp.sum(a * h_da, axis=1) / b.diag + h_dd / b.diag**2

@@ -73,7 +73,7 @@ class Kronecker(Group):
     def _apply(self, left_op, right_op, b, v):
         """``vec(L Z R^T)`` for ``L = left_op(b.left)`` and ``R = right_op(b.right)``."""
         z = v.reshape(self.shape)
-        z = jax.vmap(lambda col: left_op(b.left, col), in_axes=1, out_axes=1)(z)
+        z = jax.vmap(lambda col: left_op(b.left, col))(z.T).T  # columns as rows: vmapped operands stay row-major
         z = jax.vmap(lambda row: right_op(b.right, row))(z)
         return z.reshape(-1)
 
@@ -120,7 +120,7 @@ class Kronecker(Group):
         p_factor, q_factor = (f.reshape(-1, p1, p2) for f in curvature.factors())
         # Left factor: columns of P_n B_2^-T; right factor: rows of B_1^-1 P_n.
         right_solve = jax.vmap(jax.vmap(lambda row: self.right.solve(b.right, row)))
-        left_solve = jax.vmap(jax.vmap(lambda col: self.left.solve(b.left, col), in_axes=1, out_axes=1))
+        left_solve = jax.vmap(lambda f: jax.vmap(lambda col: self.left.solve(b.left, col))(f.T).T)
         columns = lambda f: jnp.swapaxes(right_solve(f), 1, 2).reshape(-1, p1)
         rows = lambda f: left_solve(f).reshape(-1, p2)
         left_curvature = LowRankCurvature(columns(p_factor), columns(q_factor))

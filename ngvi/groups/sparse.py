@@ -136,7 +136,7 @@ class SparseCholesky(Group):
         w, u = whitened_factors(self, b, curvature)
         r, c = self.rows, self.cols
         y = 0.5 * jnp.sum(w[:, r] * u[:, c] + u[:, r] * w[:, c], axis=0)
-        return SparseFactor(y - gamma * self.is_diag)
+        return SparseFactor(y - gamma * jnp.asarray(self.is_diag, y.dtype))
 
     def natural_direction(self, x):
         return SparseFactor(jnp.where(self.is_diag, 0.5, 1.0) * x.values)

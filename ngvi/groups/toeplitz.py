@@ -16,10 +16,15 @@ class ToeplitzFactor(NamedTuple):
     coef: jax.Array
 
 
+_FFT_MIN_SIZE = 64
+
+
 def _causal_conv(a, b):
     """First ``p`` terms of the convolution ``a * b`` (a product of power
-    series mod ``x^p``), by FFT: ``O(p log p)``."""
+    series mod ``x^p``): by FFT, ``O(p log p)``, from ``p = 64`` on; directly below."""
     p = a.shape[-1]
+    if p < _FFT_MIN_SIZE:
+        return jnp.convolve(a, b)[:p]
     n = 2 * p
     return jnp.fft.irfft(jnp.fft.rfft(a, n) * jnp.fft.rfft(b, n), n)[:p].astype(a.dtype)
 
