@@ -141,5 +141,16 @@ class Group(abc.ABC):
         """``B h(M)``."""
         return self.mul(b, self.h(m))
 
+    def _config(self):
+        """The static configuration that identifies the group (for ``==`` and
+        ``hash``, so that equal groups share compiled code)."""
+        return ()
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self._config() == other._config()
+
+    def __hash__(self):
+        return hash((type(self), self._config()))
+
     def __repr__(self):
         return f"{type(self).__name__}()"

@@ -83,6 +83,9 @@ class BlockUpperTriangular(Group):
     def __repr__(self):
         return f"BlockUpperTriangular(k={self.k})"
 
+    def _config(self):
+        return (self.k,)
+
     def check(self, p):
         super().check(p)
         _check_sizes(self, p, (self.k,))
@@ -174,6 +177,9 @@ class Hierarchical(Group):
 
     def __repr__(self):
         return f"Hierarchical(k1={self.k1}, k2={self.k2})"
+
+    def _config(self):
+        return (self.k1, self.k2)
 
     def check(self, p):
         super().check(p)

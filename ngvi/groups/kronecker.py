@@ -47,6 +47,9 @@ class Kronecker(Group):
     def __repr__(self):
         return f"Kronecker({self.left!r}, {self.right!r}, shape={self.shape})"
 
+    def _config(self):
+        return (self.left, self.right, None if self.shape is None else tuple(self.shape))
+
     def check(self, p):
         super().check(p)
         if self.shape is None:

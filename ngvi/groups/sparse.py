@@ -85,6 +85,9 @@ class SparseCholesky(Group):
     def __repr__(self):
         return f"SparseCholesky(p={self.p}, nnz={self.nnz})"
 
+    def _config(self):
+        return (self.p, self.rows.tobytes(), self.cols.tobytes())
+
     def check(self, p):
         super().check(p)
         if p != self.p:
