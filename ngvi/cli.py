@@ -35,7 +35,10 @@ def parse_group(spec):
     if name not in _GROUPS:
         raise ValueError(f"unknown group {spec!r}; choose one of: {', '.join(_GROUPS)} (sizes after ':').")
     cls, num_sizes = _GROUPS[name]
-    values = [int(s) for s in sizes.split(",")] if sizes else []
+    try:
+        values = [int(s) for s in sizes.split(",")] if sizes else []
+    except ValueError:
+        raise ValueError(f"group sizes must be integers, got {spec!r}.") from None
     if len(values) != num_sizes:
         raise ValueError(f"group {name!r} takes {num_sizes} size(s) after ':', got {spec!r}.")
     return cls(*values)
@@ -92,9 +95,9 @@ def _side_by_side(idata_vi, idata_nuts):
     vi = az.summary(idata_vi, kind="stats")[["mean", "sd"]]
     nuts = az.summary(idata_nuts, kind="stats")[["mean", "sd"]]
     table = pd.concat({"ngvi": vi, "nuts": nuts}, axis=1).dropna()
-    table["mean diff / sd"] = (table["ngvi"]["mean"] - table["nuts"]["mean"]) / table["nuts"]["sd"]
-    table["sd ratio"] = table["ngvi"]["sd"] / table["nuts"]["sd"]
-    return table
+    diff = (table[("ngvi", "mean")] - table[("nuts", "mean")]) / table[("nuts", "sd")]
+    ratio = table[("ngvi", "sd")] / table[("nuts", "sd")]
+    return pd.concat([table, pd.concat({"mean diff / sd": diff, "sd ratio": ratio}, axis=1)], axis=1)
 
 
 def _write_outputs(out, idata, losses, idata_nuts):

@@ -95,8 +95,6 @@ def gauss_newton(key, target, group, loc, factor, num_samples, gamma):
     """Gauss-Newton (VOGN): ``H = E[hess l_prior] + E[sum_i g_i g_i^T]`` with
     ``g_i`` the gradients of the per-example negative log-likelihoods; always
     positive semi-definite on the likelihood part."""
-    if target.log_likelihood is None:
-        raise ValueError("estimator='gauss_newton' needs per-example log-likelihoods of observed sites.")
     _, z = gaussian_samples(key, group, loc, factor, num_samples)
     values, grads = _values_and_grads(target.potential, z)
     prior = lambda zi: target.potential(zi) + jnp.sum(target.log_likelihood(zi))

@@ -24,6 +24,8 @@ def _observed_log_likelihood(model, args, kwargs, params):
             if site["scale"] is not None:
                 log_prob = site["scale"] * log_prob
             terms.append(jnp.ravel(log_prob))
+    if not terms:
+        raise ValueError("estimator='gauss_newton' needs observed sites; the model has none.")
     return jnp.concatenate(terms)
 
 

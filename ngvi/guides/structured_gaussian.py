@@ -14,6 +14,14 @@ from ngvi.guides.distribution import StructuredNormal
 __all__ = ["StructuredGaussian"]
 
 
+def _nonfinite_sites(trace):
+    return [
+        name
+        for name, site in trace.items()
+        if site["type"] == "sample" and not bool(jnp.all(jnp.isfinite(site["fn"].log_prob(site["value"]))))
+    ]
+
+
 def check_continuous_latents(prototype_trace):
     """Raise ``ValueError`` naming the first discrete latent site."""
     for name, site in prototype_trace.items():
@@ -51,8 +59,19 @@ class StructuredGaussian(AutoContinuous):
         with numpyro.handlers.block():
             trace = numpyro.handlers.trace(numpyro.handlers.seed(self.model, 0)).get_trace(*args, **kwargs)
         check_continuous_latents(trace)
-        super()._setup_prototype(*args, **kwargs)
-        self.group.check(self.latent_dim)
+        try:
+            super()._setup_prototype(*args, **kwargs)
+        except RuntimeError as err:  # NumPyro found no point with a finite log density
+            bad = ", ".join(repr(name) for name in _nonfinite_sites(trace)) or "(none found at a prior draw)"
+            raise ValueError(
+                f"The model's log density is not finite at any initial point tried; non-finite sites: {bad}. "
+                "Check the observed data against the supports of these sites."
+            ) from err
+        try:
+            self.group.check(self.latent_dim)
+        except ValueError:
+            self.prototype_trace = None  # so that the next call sets up again and raises again
+            raise
         init_factor = self.group.init(self.latent_dim, self._init_scale, jnp.result_type(self._init_latent))
         paths, self._factor_treedef = jax.tree_util.tree_flatten_with_path(init_factor)
         self._factor_init = {self._factor_name(path): leaf for path, leaf in paths}

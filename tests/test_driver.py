@@ -1,0 +1,194 @@
+"""The ``NGVI`` driver (API.md, "Driver"): ``run`` against step-by-step use, the
+progress-bar path, schedules, the four estimators, error reporting, rejection
+of non-finite steps, data subsampling and float32/float64."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+import pytest
+from numpyro.infer import init_to_value
+
+from models import eight_schools, linear_regression, logistic_regression
+from ngvi import NGVI, StructuredGaussian
+
+KEY = jax.random.PRNGKey(0)
+STEPS, FROZEN = 40, 5
+
+
+@pytest.fixture(scope="module")
+def es():
+    """A dense fit of eight schools, ``STEPS`` steps without a progress bar; the step
+    size is an optax schedule that drops to zero for the last ``FROZEN`` steps."""
+    data = eight_schools.data()
+    schedule = optax.schedules.piecewise_constant_schedule(0.5, {STEPS - FROZEN: 0.0})
+    ngvi = NGVI(eight_schools.model, StructuredGaussian(eight_schools.model), step_size=schedule)
+    return ngvi, data, ngvi.run(KEY, STEPS, progress_bar=False, **data)
+
+
+@pytest.fixture(scope="module")
+def logistic():
+    """A dense Hessian fit of the full-data logistic regression."""
+    data = logistic_regression.data()
+    guide = StructuredGaussian(logistic_regression.model)
+    result = NGVI(logistic_regression.model, guide).run(KEY, 30, progress_bar=False, **data)
+    return guide, data, result
+
+
+def assert_same_tree(a, b, **tol):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, **tol)
+
+
+def test_run_returns_params_state_losses(es):
+    """``run`` returns ``(params, state, losses)``: the guide's params, ``STEPS`` finite
+    losses that fall from the initial point to the optimum, and no rejected steps."""
+    ngvi, _, result = es
+    params, state, losses = result
+    assert set(params) == {"auto_loc", "auto_factor_matrix"}
+    assert params["auto_loc"].shape == (10,) and params["auto_factor_matrix"].shape == (10, 10)
+    assert losses.shape == (STEPS,) and np.all(np.isfinite(losses))
+    assert np.mean(losses[-10:]) < np.mean(losses[:3]) - 10.0
+    assert int(state.step) == STEPS and int(state.num_rejected) == 0
+    assert_same_tree(ngvi.get_params(state), params, rtol=0)
+
+
+def test_step_by_step_matches_run(es):
+    """``init`` then ``STEPS`` calls of ``update`` from the same key reproduce ``run``
+    (losses, mean and factor); the schedule is read at every step (zero step size:
+    the state stays put while ``step`` counts on); ``get_params`` and ``evaluate``
+    read the state."""
+    ngvi, data, result = es
+    state = ngvi.init(KEY, **data)
+    update = jax.jit(lambda s: ngvi.update(s, **data))
+    losses, locs = [], []
+    for _ in range(STEPS):
+        state, loss = update(state)
+        losses.append(loss)
+        locs.append(state.loc)
+    np.testing.assert_allclose(np.array(losses), result.losses, rtol=1e-8)
+    assert_same_tree(ngvi.get_params(state), result.params, rtol=1e-8, atol=1e-10)
+    assert_same_tree(state, result.state, rtol=1e-8, atol=1e-10)
+    assert np.all(np.asarray(locs[-FROZEN:]) == np.asarray(locs[-FROZEN - 1]))
+    assert np.all(np.abs(locs[-FROZEN - 1] - locs[-FROZEN - 2]) > 0)
+    neg_elbo = ngvi.evaluate(state, **data)
+    assert np.isfinite(neg_elbo) and abs(neg_elbo - np.mean(result.losses[-10:])) < 5.0
+
+
+def test_progress_bar_run_matches(es, capsys):
+    """``run(progress_bar=True)`` scans in chunks with a bar and gives the same result."""
+    ngvi, data, result = es
+    with_bar = ngvi.run(KEY, STEPS, progress_bar=True, **data)
+    np.testing.assert_allclose(with_bar.losses, result.losses, rtol=1e-10)
+    assert_same_tree(with_bar.params, result.params, rtol=1e-10, atol=1e-12)
+    assert f"{STEPS}/{STEPS}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("x64, dtype", [(False, jnp.float32), (True, jnp.float64)], ids=["float32", "float64"])
+def test_dtypes_with_schedule(x64, dtype):
+    """With x64 off the fit runs in float32 (params, losses, state), with it on in
+    float64; both reach the exact conjugate posterior, with an optax schedule."""
+    with jax.enable_x64(x64):
+        data = linear_regression.data()
+        guide = StructuredGaussian(linear_regression.model)
+        schedule = optax.schedules.exponential_decay(0.5, transition_steps=10, decay_rate=0.5)
+        result = NGVI(linear_regression.model, guide, step_size=schedule).run(KEY, 25, progress_bar=False, **data)
+        for leaf in jax.tree.leaves((result.params, result.losses, result.state.loc, result.state.factor)):
+            assert leaf.dtype == dtype
+        posterior = guide.get_posterior(result.params)
+        mean, var = np.asarray(posterior.mean), np.asarray(posterior.variance)
+    exact_mean, exact_cov = linear_regression.exact_posterior(**linear_regression.data())
+    exact_sd = np.sqrt(np.diag(exact_cov))
+    assert np.all(np.isfinite(result.losses))
+    np.testing.assert_allclose((mean - exact_mean) / exact_sd, 0.0, atol=0.2)
+    np.testing.assert_allclose(np.sqrt(var) / exact_sd, 1.0, atol=0.2)
+
+
+@pytest.mark.parametrize("estimator", ["hessian", "stein", "gauss_newton", "zeroth_order"])
+def test_estimators_on_logistic_regression(estimator, logistic):
+    """Every estimator runs a few steps on the 31-dimensional logistic regression
+    (Gauss-Newton through the per-example likelihood of ``obs``) with finite
+    parameters and a falling loss."""
+    guide, data, result = logistic
+    if estimator != "hessian":
+        guide = StructuredGaussian(logistic_regression.model)
+        result = NGVI(logistic_regression.model, guide, estimator=estimator).run(KEY, 10, progress_bar=False, **data)
+    assert all(np.all(np.isfinite(v)) for v in result.params.values())
+    assert np.all(np.isfinite(result.losses)) and result.losses[-1] < 0.5 * result.losses[0]
+
+
+def test_bad_driver_arguments():
+    """An unknown estimator or a non-positive number of samples raises ValueError."""
+    guide = StructuredGaussian(eight_schools.model)
+    with pytest.raises(ValueError, match="newton"):
+        NGVI(eight_schools.model, guide, estimator="newton")
+    with pytest.raises(ValueError, match="num_samples"):
+        NGVI(eight_schools.model, guide, num_samples=0)
+
+
+def unobserved_model():
+    numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+
+
+def test_gauss_newton_without_observed_sites():
+    """Gauss-Newton on a model without observed sites raises ValueError saying so."""
+    ngvi = NGVI(unobserved_model, StructuredGaussian(unobserved_model), estimator="gauss_newton")
+    with pytest.raises(ValueError, match="observed"):
+        ngvi.run(KEY, 2, progress_bar=False)
+
+
+def negative_exponential_obs():
+    numpyro.sample("x", dist.Normal(0.0, 1.0))
+    numpyro.sample("y", dist.Exponential(1.0), obs=-1.0)
+
+
+def log_of_negative_data(data):
+    x = numpyro.sample("x", dist.Normal(0.0, 1.0))
+    numpyro.sample("y", dist.Normal(x, 1.0), obs=jnp.log(data))
+
+
+@pytest.mark.parametrize(
+    "model, args",
+    [(negative_exponential_obs, ()), (log_of_negative_data, (jnp.array([2.0, -1.0]),))],
+    ids=["exponential", "log"],
+)
+def test_nonfinite_initial_point_names_the_site(model, args):
+    """A log density that is not finite at the initial point raises ValueError naming the site."""
+    with pytest.raises(ValueError, match="'y'"):
+        NGVI(model, StructuredGaussian(model)).init(KEY, *args)
+
+
+def walled_model():
+    """A likelihood pulling ``x`` towards 3 (posterior sd 0.3) and a log density that
+    is NaN beyond ``|x| = 3``: many Monte-Carlo samples land past the wall."""
+    x = numpyro.sample("x", dist.Normal(0.0, 1.0))
+    numpyro.factor("wall", jnp.where(jnp.abs(x) < 3.0, 0.0, jnp.nan))
+    numpyro.sample("obs", dist.Normal(x, 0.3), obs=3.0)
+
+
+def test_nonfinite_steps_are_rejected():
+    """Steps whose samples hit a NaN log density are rejected: the parameters stay
+    finite, ``num_rejected`` counts them, and the accepted steps still move the fit."""
+    guide = StructuredGaussian(walled_model, init_loc_fn=init_to_value(values={"x": 0.0}))
+    result = NGVI(walled_model, guide, step_size=5.0).run(KEY, 40, progress_bar=False)
+    assert all(np.all(np.isfinite(v)) for v in result.params.values())
+    assert 0 < int(result.state.num_rejected) < 40
+    assert 1.5 < float(result.params["auto_loc"][0]) < 3.0
+
+
+def test_subsampled_fit_matches_full_data(logistic):
+    """``numpyro.plate(subsample_size=64)`` runs (one subsample per step) and, with a
+    decaying step size, lands near the full-data fit: median mean difference under
+    0.2 posterior sd, none over 0.75 sd, and sds within 25%."""
+    guide, data, full = logistic
+    sub_guide = StructuredGaussian(logistic_regression.model)
+    schedule = optax.schedules.exponential_decay(0.5, transition_steps=100, decay_rate=0.1)
+    sub = NGVI(logistic_regression.model, sub_guide, step_size=schedule).run(
+        jax.random.PRNGKey(1), 200, progress_bar=False, subsample_size=64, **data
+    )
+    full_q, sub_q = guide.get_posterior(full.params), sub_guide.get_posterior(sub.params)
+    z = np.abs(sub_q.mean - full_q.mean) / np.sqrt(full_q.variance)
+    assert np.all(np.isfinite(sub.losses)) and np.median(z) < 0.2 and np.max(z) < 0.75
+    np.testing.assert_allclose(np.sqrt(sub_q.variance / full_q.variance), 1.0, atol=0.25)
