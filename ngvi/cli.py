@@ -95,9 +95,9 @@ def _side_by_side(idata_vi, idata_nuts):
     vi = az.summary(idata_vi, kind="stats")[["mean", "sd"]]
     nuts = az.summary(idata_nuts, kind="stats")[["mean", "sd"]]
     table = pd.concat({"ngvi": vi, "nuts": nuts}, axis=1).dropna()
-    diff = (table[("ngvi", "mean")] - table[("nuts", "mean")]) / table[("nuts", "sd")]
-    ratio = table[("ngvi", "sd")] / table[("nuts", "sd")]
-    return pd.concat([table, pd.concat({"mean diff / sd": diff, "sd ratio": ratio}, axis=1)], axis=1)
+    table[("mean diff / sd", "")] = (table[("ngvi", "mean")] - table[("nuts", "mean")]) / table[("nuts", "sd")]
+    table[("sd ratio", "")] = table[("ngvi", "sd")] / table[("nuts", "sd")]
+    return table
 
 
 def _write_outputs(out, idata, losses, idata_nuts):
