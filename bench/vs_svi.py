@@ -5,10 +5,18 @@
 Methods, per model (``k`` = 4 for logistic regression, 2 otherwise; every guide
 starts at ``init_to_median`` with standard deviations 0.1; float32):
 
-* NGVI, estimator "hessian" (step_size 0.5, 8 samples, the defaults) and
-  "stein" (step_size 0.05, 16 samples: the gradient-only estimator is noisier
-  and needs a smaller step, MATH.md sec. 5), each with ``groups.Dense()`` and
-  ``groups.BlockUpperTriangular(k)``, default step control, 500 steps;
+* NGVI, the seven variants of ``NGVI_VARIANTS``, the same on every model and
+  fixed before the run (``n`` = num_samples, drawn in antithetic pairs):
+  "hessian" Dense n=8 (the defaults) and n=2 (one antithetic pair),
+  "hessian" BlockUpperTriangular(k) n=2 with ``probes=4`` (Hutchinson
+  ``diag(H)``), and "stein" (gradients only) with Dense and
+  BlockUpperTriangular(k), n=8 and n=16; default step control, 300 steps. Every
+  variant uses the step-size schedule ``SCHEDULE``:
+  ``optax.schedules.exponential_decay(init_value=0.5, transition_begin=50,
+  transition_steps=50, decay_rate=0.5, end_value=0.02)``, i.e. 0.5 for 50
+  burn-in steps, then halved every 50 steps down to 0.02 (reached near step
+  282): a constant step leaves the mean wandering 0.1-0.2 sd around the
+  optimum (Monte-Carlo noise), which the decay shrinks about 5-fold;
 * SVI + ``optax.adam`` (as ``optax.inject_hyperparams(optax.adam)``, so one
   executable serves every learning rate), ``Trace_ELBO()`` (one particle) on
   AutoMultivariateNormal, AutoLowRankMultivariateNormal(rank=k) and
@@ -42,15 +50,18 @@ Hessian-vector product (HVP):
 * NGVI "hessian": ``n + 2 n (C + 9)``: ``n`` gradients, and every product with
   the curvature operator is one HVP per sample; ``C = p`` for Dense (the exact
   curvature factors, ``p`` products) and ``C = k + p`` for BlockUpperTriangular
-  (``k`` rows plus the exact ``diag(H)``, which takes ``p`` products); the step
-  control adds 9 products (2 per probe x 4 probes in the factor line
-  minimiser, 1 in the mean's).
+  (``k`` rows plus the exact ``diag(H)``, which takes ``p`` products); with
+  ``probes=m`` the diagonal (and the factors) are Hutchinson estimates with
+  ``m`` products instead of ``p`` (``C = k + m`` for BlockUpperTriangular);
+  the step control adds 9 products (2 per probe x 4 probes in the factor line
+  minimiser, 1 in the mean's). E.g. p = 10, k = 2: Dense n=8 232, Dense n=2 58,
+  BlockUpperTriangular(2) n=2 probes=4 62.
 
 The full run also counts them: one jitted step with the estimators' gradient
 and HVP helpers wrapped in ``jax.debug.callback`` counters, checked against the
 formula. ``--quick``: SVI 2,000 steps at lr 1e-2, NGVI 100 steps, no counting
 run, and only linear_regression unless ``--models`` is given (each NGVI step
-takes 4-15 s to compile here, so all three models take about 4 minutes even
+takes 4-15 s to compile here, so all three models take several minutes even
 quick). Results go to ``bench/results/vs_svi[_quick].json``.
 """
 
@@ -90,7 +101,26 @@ from models.reference import load_reference  # noqa: E402
 from ngvi import NGVI, StructuredGaussian, groups  # noqa: E402
 
 RANK = {"eight_schools": 2, "logistic_regression": 4, "linear_regression": 2}
-NGVI_SETTINGS = {"hessian": {"step_size": 0.5, "num_samples": 8}, "stein": {"step_size": 0.05, "num_samples": 16}}
+# NGVI step size: 0.5 for a burn-in of SCHEDULE_BEGIN steps, then halved every
+# SCHEDULE_HALF_LIFE steps down to SCHEDULE_END (reached at step ~282), so the
+# mean's Monte-Carlo wander at the optimum shrinks by ~sqrt(0.02 / 0.5) = 0.2x.
+SCHEDULE_INIT, SCHEDULE_BEGIN, SCHEDULE_HALF_LIFE, SCHEDULE_END = 0.5, 50, 50, 0.02
+SCHEDULE = optax.schedules.exponential_decay(
+    init_value=SCHEDULE_INIT, transition_steps=SCHEDULE_HALF_LIFE, decay_rate=0.5,
+    transition_begin=SCHEDULE_BEGIN, end_value=SCHEDULE_END,
+)
+SCHEDULE_TEXT = (f"exponential_decay(init_value={SCHEDULE_INIT}, transition_begin={SCHEDULE_BEGIN}, "
+                 f"transition_steps={SCHEDULE_HALF_LIFE}, decay_rate=0.5, end_value={SCHEDULE_END})")
+# (label, estimator, group kind, num_samples, probes): the same list on every model, fixed in advance.
+NGVI_VARIANTS = (
+    ("hessian", "dense", 8, None),
+    ("hessian", "dense", 2, None),
+    ("hessian", "block_upper", 2, 4),
+    ("stein", "dense", 8, None),
+    ("stein", "dense", 16, None),
+    ("stein", "block_upper", 8, None),
+    ("stein", "block_upper", 16, None),
+)
 LEARNING_RATES = (1e-3, 1e-2, 3e-2)
 AUTOGUIDES = {
     "AutoMVN": lambda model, k: AutoMultivariateNormal(model, init_loc_fn=init_to_median),
@@ -99,7 +129,7 @@ AUTOGUIDES = {
 }
 ELBO_DRAWS, ELBO_TOL, MEAN_TOL = 4000, 0.5, 0.1
 STEP_CONTROL_PRODUCTS = 9  # curvature products per step: 2 x 4 probes + 1 (ngvi/ngd.py)
-FULL = {"ngvi_steps": 500, "svi_steps": 20_000, "svi_chunk": 100, "lrs": LEARNING_RATES, "count": True}
+FULL = {"ngvi_steps": 300, "svi_steps": 20_000, "svi_chunk": 100, "lrs": LEARNING_RATES, "count": True}
 QUICK = {"ngvi_steps": 100, "svi_steps": 2_000, "svi_chunk": 100, "lrs": (1e-2,), "count": False}
 
 
@@ -122,12 +152,15 @@ def compile_loop(step, state, kw):
     return compiled, time.perf_counter() - start
 
 
-def ngvi_grads_per_step(estimator, group, p, n):
+def ngvi_grads_per_step(estimator, group, p, n, probes=None):
     """Per-step gradient evaluations of NGVI (formula in the module docstring)."""
     if estimator == "stein":
         return n
-    products = (p if isinstance(group, groups.Dense) else group.k + p) + STEP_CONTROL_PRODUCTS
-    return n + 2 * n * products
+    if isinstance(group, groups.Dense):
+        curvature = p if probes is None else probes  # the curvature factors: p unit vectors or the probes
+    else:
+        curvature = group.k + (p if probes is None else probes)  # k rows plus diag(H)
+    return n + 2 * n * (curvature + STEP_CONTROL_PRODUCTS)
 
 
 @contextlib.contextmanager
@@ -172,23 +205,26 @@ def count_ngvi_step(optimiser, state, kw):
 
 
 def ngvi_methods(module, kw, k, key, count):
-    """The four NGVI variants on ``module``."""
-    for estimator, settings in NGVI_SETTINGS.items():
-        for group in (groups.Dense(), groups.BlockUpperTriangular(k)):
-            guide = StructuredGaussian(module.model, group=group, init_loc_fn=init_to_median)
-            optimiser = NGVI(module.model, guide, estimator=estimator, **settings)
-            state = optimiser.init(key, **kw)
-            advance, compile_s = compile_loop(lambda s, kw, o=optimiser: o.update(s, **kw)[0], state, kw)
-            formula = ngvi_grads_per_step(estimator, group, state.loc.shape[-1], settings["num_samples"])
-            counted = count_ngvi_step(optimiser, state, kw) if count else None
-            if counted is not None and counted != formula:
-                raise RuntimeError(f"{estimator}/{group!r}: counted {counted} grad evals per step, formula {formula}")
-            label = "dense" if isinstance(group, groups.Dense) else f"block_upper({k})"
-            yield Method(
-                f"NGVI {estimator} {label}", "ngvi", state, advance,
-                lambda s, g=guide, o=optimiser: g.get_posterior(o.get_params(s)),
-                formula, compile_s, counted_grads_per_step=counted, **settings,
-            )
+    """The NGVI variants of ``NGVI_VARIANTS`` on ``module``, all with step size ``SCHEDULE``."""
+    for estimator, kind, num_samples, probes in NGVI_VARIANTS:
+        group = groups.Dense() if kind == "dense" else groups.BlockUpperTriangular(k)
+        guide = StructuredGaussian(module.model, group=group, init_loc_fn=init_to_median)
+        extra = {} if probes is None else {"probes": probes}
+        optimiser = NGVI(module.model, guide, estimator=estimator, step_size=SCHEDULE, num_samples=num_samples, **extra)
+        state = optimiser.init(key, **kw)
+        advance, compile_s = compile_loop(lambda s, kw, o=optimiser: o.update(s, **kw)[0], state, kw)
+        formula = ngvi_grads_per_step(estimator, group, state.loc.shape[-1], num_samples, probes)
+        counted = count_ngvi_step(optimiser, state, kw) if count else None
+        if counted is not None and counted != formula:
+            raise RuntimeError(f"{estimator}/{group!r}: counted {counted} grad evals per step, formula {formula}")
+        label = "dense" if kind == "dense" else f"block_upper({k})"
+        label += f" n={num_samples}" + ("" if probes is None else f" probes={probes}")
+        yield Method(
+            f"NGVI {estimator} {label}", "ngvi", state, advance,
+            lambda s, g=guide, o=optimiser: g.get_posterior(o.get_params(s)),
+            formula, compile_s, counted_grads_per_step=counted, estimator=estimator, group=kind,
+            num_samples=num_samples, probes=probes, step_size=SCHEDULE_TEXT,
+        )
 
 
 def with_learning_rate(state, lr):
@@ -355,13 +391,13 @@ def print_model(result):
     """One table per model plus the NGVI / Adam ratios."""
     print(f"\n== {result['model']} (k={result['k']}): best ELBO {result['best_elbo']:.3f}; target ELBO >= "
           f"{result['best_elbo'] - ELBO_TOL:.3f} and max |mean - NUTS| <= {MEAN_TOL} sd")
-    header = f"{'method':<30} {'grads/step':>10} {'steps':>6} {'grad evals':>10} {'wall s':>8} {'compile s':>9} " \
+    header = f"{'method':<42} {'grads/step':>10} {'steps':>6} {'grad evals':>10} {'wall s':>8} {'compile s':>9} " \
              f"{'final ELBO':>10} {'final err':>9} {'at end':>6}"
     print(header + "\n" + "-" * len(header))
     for r in result["rows"]:
         name = r["method"] + (" *" if r["family"] == "svi" and r["best_lr"] else "")
         reached = r["steps_to_target"] is not None
-        print(f"{name:<30} {r['grads_per_step']:>10} {fmt(r['steps_to_target'], 'd') if reached else 'not reached':>6} "
+        print(f"{name:<42} {r['grads_per_step']:>10} {fmt(r['steps_to_target'], 'd') if reached else 'not reached':>6} "
               f"{fmt(r['grad_evals_to_target'], 'd'):>10} {fmt(r['wall_s_to_target'], '.4f'):>8} "
               f"{r['compile_s']:>9.2f} {r['final_elbo']:>10.3f} {r['final_mean_error']:>9.3f} "
               f"{'yes' if r['target_holds_at_end'] else 'no':>6}")
@@ -388,6 +424,8 @@ def main():
     print(f"jax {jax.__version__}, {jax.devices()[0].platform}, {os.cpu_count()} cores; "
           f"ngvi steps {config['ngvi_steps']} (checked every step), svi steps {config['svi_steps']} "
           f"(checked every {config['svi_chunk']}), lrs {config['lrs']}; '*' marks each autoguide's best lr")
+    print(f"NGVI step size (every variant): {SCHEDULE_TEXT}")
+    print("NGVI variants (estimator, group, num_samples, probes): " + "; ".join(map(str, NGVI_VARIANTS)))
     start = time.perf_counter()
     results = []
     for name in options.models:
@@ -398,6 +436,7 @@ def main():
     out = ROOT / "bench" / "results" / f"vs_svi{'_quick' if options.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"command": " ".join(["python", "bench/vs_svi.py", *sys.argv[1:]]), "config": config, "total_s": total,
+            "ngvi_step_size": SCHEDULE_TEXT, "ngvi_variants": [list(v) for v in NGVI_VARIANTS],
             "elbo_draws": ELBO_DRAWS, "elbo_tol": ELBO_TOL, "mean_tol": MEAN_TOL, "jax": jax.__version__}
     with open(out, "w") as f:
         json.dump({"meta": meta, "models": results}, f, indent=1)

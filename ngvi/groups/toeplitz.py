@@ -23,8 +23,9 @@ def _causal_conv(a, b):
     """First ``p`` terms of the convolution ``a * b`` (a product of power
     series mod ``x^p``): by FFT, ``O(p log p)``, from ``p = 64`` on; directly below."""
     p = a.shape[-1]
-    if p < _FFT_MIN_SIZE:
-        return jnp.convolve(a, b)[:p]
+    if p < _FFT_MIN_SIZE:  # the lower-triangular Toeplitz matrix of a, times b
+        lag = jnp.arange(p)[:, None] - jnp.arange(p)[None, :]
+        return jnp.where(lag >= 0, a[jnp.clip(lag, 0)], 0.0) @ b
     n = 2 * p
     return jnp.fft.irfft(jnp.fft.rfft(a, n) * jnp.fft.rfft(b, n), n)[:p].astype(a.dtype)
 
