@@ -249,6 +249,21 @@ def test_random_shapes_match_dense(case, seed, gamma):
     check_walk(group, p, out, inputs, gamma)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=jax.errors.JaxRuntimeError,
+    reason="XLA CPU RET_CHECK in fft_thunk.cc (FFT operand not dim0-major): Kronecker._apply runs the FFT "
+    "Toeplitz solve (p1 >= 64) on the single column of a p1 x 1 matrix, then the Dense factor's LU solve",
+)
+def test_kronecker_with_fft_toeplitz_factor_and_one_column():
+    """``Kronecker(TriangularToeplitz(), Dense(), shape=(64, 1))`` at the identity:
+    jitted solve and rsolve return ``v``."""
+    group = groups.Kronecker(groups.TriangularToeplitz(), groups.Dense(), shape=(64, 1))
+    b, v = group.identity(64, jnp.float64), jnp.arange(1.0, 65.0)
+    solves = JIT(lambda b, v: (group.solve(b, v), group.rsolve(b, v)))(b, v)
+    np.testing.assert_allclose(np.asarray(solves), np.stack([v, v]))
+
+
 # --- 2. structure -------------------------------------------------------------------------------
 @pytest.mark.parametrize("group,p", PARAMS)
 def test_elements_and_directions_lie_on_the_pattern(group, p):
