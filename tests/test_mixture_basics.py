@@ -1,0 +1,99 @@
+"""StructuredGaussianMixture: the one-component case, learned weights, stock SVI
+and bad input (MATH.md sec. 6)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+import pytest
+from numpyro.infer import SVI, Trace_ELBO
+
+from models import logistic_regression
+from ngvi import NGVI, MixtureELBO, StructuredGaussian, StructuredGaussianMixture, groups
+
+MODES = jnp.array([[-4.0, -4.0], [4.0, 4.0]])
+
+
+def bimodal():
+    """A normalised 2-d mixture of two well-separated Gaussians with weights 0.3 / 0.7."""
+    target = dist.MixtureSameFamily(
+        dist.Categorical(probs=jnp.array([0.3, 0.7])), dist.MultivariateNormal(MODES, 0.5 * jnp.eye(2))
+    )
+    numpyro.sample("z", target)
+
+
+def test_one_component_takes_the_single_gaussian_step():
+    """K = 1 reproduces StructuredGaussian's steps (same seed) to rounding."""
+    data = logistic_regression.data()
+    group = groups.BlockUpperTriangular(2)
+    single = NGVI(logistic_regression.model, StructuredGaussian(logistic_regression.model, group=group))
+    mixture_guide = StructuredGaussianMixture(logistic_regression.model, num_components=1, group=group, init_spread=0.0)
+    mixture = NGVI(logistic_regression.model, mixture_guide)
+    key = jax.random.PRNGKey(0)
+    s1, s2 = single.init(key, **data), mixture.init(key, **data)
+    for _ in range(4):
+        s1, _ = single.update(s1, **data)
+        s2, _ = mixture.update(s2, **data)
+    np.testing.assert_allclose(s2.loc[0], s1.loc, atol=1e-10)
+    for a, b in zip(jax.tree.leaves(s2.factor), jax.tree.leaves(s1.factor)):
+        np.testing.assert_allclose(a[0], b, atol=1e-10)
+
+
+@pytest.mark.parametrize("learn_weights", [True, False])
+def test_two_modes_are_covered(learn_weights):
+    """Both modes get a component; learned weights match 0.3 / 0.7, and the
+    negative ELBO matches -log Z = 0 when the mixture is exact."""
+    guide = StructuredGaussianMixture(bimodal, num_components=2, group=groups.Dense(), learn_weights=learn_weights, init_spread=3.0)
+    result = NGVI(bimodal, guide).run(jax.random.PRNGKey(1), 300, progress_bar=False)
+    locs, _, log_weights = guide.unpack_params(result.params)
+    order = jnp.argsort(locs[:, 0])
+    np.testing.assert_allclose(locs[order], MODES, atol=0.05)
+    if learn_weights:
+        np.testing.assert_allclose(jax.nn.softmax(log_weights)[order], [0.3, 0.7], atol=0.05)
+        assert abs(float(jnp.mean(result.losses[-50:]))) < 0.05
+
+
+def test_stock_svi_needs_the_mixture_elbo():
+    """Trace_ELBO is refused with a message naming MixtureELBO; SVI with
+    MixtureELBO learns the weights."""
+    guide = StructuredGaussianMixture(bimodal, num_components=2, group=groups.Diagonal(), learn_weights=True, init_spread=3.0)
+    with pytest.raises(ValueError, match="MixtureELBO"):
+        SVI(bimodal, guide, optax.adam(0.02), Trace_ELBO()).run(jax.random.PRNGKey(2), 5, progress_bar=False)
+    result = SVI(bimodal, guide, optax.adam(0.05), MixtureELBO(num_particles=8)).run(
+        jax.random.PRNGKey(2), 2000, progress_bar=False
+    )
+    locs, _, log_weights = guide.unpack_params(result.params)
+    weights = jax.nn.softmax(log_weights)[jnp.argsort(locs[:, 0])]
+    np.testing.assert_allclose(weights, [0.3, 0.7], atol=0.1)
+
+
+def test_posterior_is_a_mixture_of_the_components():
+    """``get_posterior`` is a MixtureSameFamily whose log density is the
+    weighted sum of the component Gaussians."""
+    guide = StructuredGaussianMixture(bimodal, num_components=3, group=groups.LowerTriangular(), weights=[0.2, 0.3, 0.5])
+    numpyro.handlers.seed(guide, 0)()
+    params = guide.pack_params(*guide.init_params())
+    posterior = guide.get_posterior(params)
+    z = jax.random.normal(jax.random.PRNGKey(3), (5, 2))
+    locs, factors, log_weights = guide.unpack_params(params)
+    precisions = [f @ f.T for f in factors.matrix]
+    components = jnp.stack([dist.MultivariateNormal(m, precision_matrix=s).log_prob(z) for m, s in zip(locs, precisions)])
+    expected = jax.scipy.special.logsumexp(components + jnp.log(jnp.array([0.2, 0.3, 0.5]))[:, None], axis=0)
+    np.testing.assert_allclose(posterior.log_prob(z), expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_components": 0}, "num_components"),
+        ({"num_components": 2, "weights": [0.5, 0.6]}, "simplex"),
+        ({"num_components": 2, "weights": [1.0]}, "weights"),
+        ({"num_components": 2, "init_locs": jnp.zeros((3, 2))}, "init_locs"),
+        ({"num_components": 2, "group": groups.BlockUpperTriangular(3)}, "p=2"),
+    ],
+)
+def test_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        numpyro.handlers.seed(StructuredGaussianMixture(bimodal, **kwargs), 0)()
