@@ -69,19 +69,9 @@ def algebra_basis(group, p):
         groups.BlockLowerTriangular: lambda: _hierarchical_basis(p, group.k, 0),
         groups.Hierarchical: lambda: _hierarchical_basis(p, group.k1, group.k2),
         groups.TriangularToeplitz: lambda: [np.eye(p, k=-j) for j in range(p)],
-        groups.SparseCholesky: lambda: [_unit(p, i, j) for i, j in zip(*np.nonzero(group_pattern(group)))],
+        groups.SparseCholesky: lambda: [_unit(p, i, j) for i, j in zip(group.rows, group.cols)],
     }
     return table[type(group)]()
-
-
-def group_pattern(group):
-    return np.asarray(group.to_dense(group.identity(group.p)) != 0) | _pattern_of(group)
-
-
-def _pattern_of(group):
-    pattern = np.zeros((group.p, group.p), dtype=bool)
-    pattern[group.rows, group.cols] = True
-    return pattern
 
 
 # (group, p): small shapes, every group and the edge cases k = 0, k = p.
