@@ -97,3 +97,26 @@ def test_posterior_is_a_mixture_of_the_components():
 def test_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         numpyro.handlers.seed(StructuredGaussianMixture(bimodal, **kwargs), 0)()
+
+
+
+def test_gaussian_target_is_matched():
+    """On a normalised Gaussian target the mixture matches it: the negative
+    ELBO (= KL(q || p) here) goes to -log Z = 0 and the mixture's mean and
+    covariance are the target's. (The components themselves need not coincide:
+    mixtures of nearby Gaussians that nearly equal p form a flat valley.)"""
+    cov = jnp.array([[1.0, 0.6, 0.0], [0.6, 2.0, 0.3], [0.0, 0.3, 0.5]])
+    mean = jnp.array([1.0, -2.0, 0.5])
+
+    def gaussian():
+        numpyro.sample("z", dist.MultivariateNormal(mean, cov))
+
+    guide = StructuredGaussianMixture(gaussian, num_components=3, group=groups.Dense(), init_spread=2.0)
+    result = NGVI(gaussian, guide).run(jax.random.PRNGKey(4), 200, progress_bar=False)
+    locs, factors, log_weights = guide.unpack_params(result.params)
+    weights = jax.nn.softmax(log_weights)
+    mixture_mean = weights @ locs
+    second = sum(w * (jnp.linalg.inv(f @ f.T) + jnp.outer(m, m)) for w, f, m in zip(weights, factors.matrix, locs))
+    np.testing.assert_allclose(mixture_mean, mean, atol=0.05)
+    np.testing.assert_allclose(second - jnp.outer(mixture_mean, mixture_mean), cov, atol=0.05)
+    assert abs(float(jnp.mean(result.losses[-50:]))) < 0.01
