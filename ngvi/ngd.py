@@ -64,8 +64,12 @@ def _factor_line_minimiser(key, group, factor, curvature, direction, num_probes,
     estimates with ``num_probes`` Rademacher vectors, two curvature products each.
     ``t* = 1`` for a dense factor at ``Y = I``; it is small where ``Y`` has
     curvature the group cannot represent, and a step of ``beta > t*`` overshoots.
+    A mixture component's ``H`` carries ``-w S`` from ``gamma log q``; ``w I``
+    added to ``Y`` puts its own entropy back, probe by probe.
     """
-    whitened = lambda v: group.solve(factor, curvature.matvec(group.rsolve(factor, v)))  # Y v
+
+    def whitened(v):  # (Y + entropy_weight I) v
+        return group.solve(factor, curvature.matvec(group.rsolve(factor, v))) + entropy_weight * v
 
     def second_derivative(v):
         u = group.algebra_rmatvec(direction, v)
@@ -74,7 +78,7 @@ def _factor_line_minimiser(key, group, factor, curvature, direction, num_probes,
 
     probes = jax.random.rademacher(key, (num_probes, group.dim(factor)), jax.tree.leaves(factor)[0].dtype)
     first = group.fisher_norm_sq(direction)
-    second = jnp.mean(jax.vmap(second_derivative)(probes)) + entropy_weight * first
+    second = jnp.mean(jax.vmap(second_derivative)(probes))
     return jnp.where(second > 0, first / jnp.where(second > 0, second, 1.0), jnp.inf)
 
 
