@@ -4,6 +4,7 @@ from ngvi import groups
 from ngvi.guides import MixtureELBO, StructuredGaussian, StructuredGaussianMixture
 from ngvi.infer import NGVI, NGVIRunResult, NGVIState
 from ngvi.inference_data import to_inference_data
+from ngvi.modes import Modes, find_modes
 
 __all__ = [
     "NGVI",
@@ -13,6 +14,8 @@ __all__ = [
     "StructuredGaussianMixture",
     "MixtureELBO",
     "to_inference_data",
+    "find_modes",
+    "Modes",
     "groups",
 ]
 __version__ = "0.1.0"

@@ -15,7 +15,7 @@ from scipy.special import logsumexp
 
 from models import eight_schools
 from models import mixture_t as mt
-from ngvi import NGVI, MixtureELBO, StructuredGaussian, StructuredGaussianMixture, groups, to_inference_data
+from ngvi import NGVI, MixtureELBO, StructuredGaussian, StructuredGaussianMixture, find_modes, groups, to_inference_data
 
 KEY = jax.random.PRNGKey(0)
 
@@ -169,6 +169,21 @@ def test_trace_elbo_is_refused_with_a_pointer_to_mixture_elbo():
     state = svi.init(KEY)
     with pytest.raises(ValueError, match=r"Trace_ELBO gives biased gradients.*Use SVI\(.*MixtureELBO"):
         svi.update(state)
+
+
+# --- multi-start mode finding ---------------------------------------------------
+def test_find_modes_merges_the_starts_into_the_two_modes():
+    starts = np.random.default_rng(1).uniform(-8.0, 8.0, (40, 2))
+    modes = find_modes(two_mode_model, starts, num_steps=500, learning_rate=0.3)
+    assert len(modes.locs) == 2 and modes.counts.sum() == 40 and np.all(modes.counts > 0)
+    # best first: the heavier mode (0.7) has the lower potential; far apart, the modes are the component means
+    np.testing.assert_allclose(np.asarray(modes.locs), np.asarray(MODE_LOCS)[::-1], atol=1e-3)
+    assert float(modes.potential[0]) < float(modes.potential[1])
+
+
+def test_find_modes_checks_the_shape_of_the_starts():
+    with pytest.raises(ValueError, match=r"starts must have shape \(n, 2\)"):
+        find_modes(two_mode_model, np.zeros((4, 3)))
 
 
 # --- the 20-dimensional mixture of Student-t ----------------------------------
