@@ -332,8 +332,9 @@ def main():
     print("\n" + header + "\n" + "-" * len(header))
     for name, r in results.items():
         if name != "ratios":
-            print(f"{name:30s} {r.get('w1_over_iqr_median', float('nan')):14.4f} {r.get('w1_over_iqr_max', float('nan')):11.4f} "
-                  f"{str(r.get('covered', '-')) + '/10':>8s} {r.get('final_loss', float('nan')):9.2f} {r.get('run_s', 0):7.1f}")
+            nan = float("nan")
+            print(f"{name:30s} {r.get('w1_over_iqr_median', nan):14.4f} {r.get('w1_over_iqr_max', nan):11.4f} "
+                  f"{str(r.get('covered', '-')) + '/10':>8s} {r.get('final_loss', nan):9.2f} {r.get('run_s', 0):7.1f}")
     for name, ratio in results.get("ratios", {}).items():
         print(f"W1/IQR median ratio {name}: {ratio:.3f}")
     out_path = ROOT / "bench" / "results" / f"mixture_t{'_quick' if args.quick else ''}.json"

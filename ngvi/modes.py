@@ -74,7 +74,9 @@ def find_modes(model, starts, *args, num_steps=2000, learning_rate=0.5, barrier=
         handlers.seed(guide, key)(*args, **kwargs)
     starts = jnp.asarray(starts, guide._init_latent.dtype)
     if starts.ndim != 2 or starts.shape[1] != guide.latent_dim:
-        raise ValueError(f"starts must have shape (n, {guide.latent_dim}) (starts x latent dimension), got {starts.shape}.")
+        raise ValueError(
+            f"starts must have shape (n, {guide.latent_dim}) (starts x latent dimension), got {starts.shape}."
+        )
     potential = make_target(guide, key, args, kwargs).potential
     ends = _descend(potential, starts, num_steps, learning_rate)
     values = jax.vmap(potential)(ends)

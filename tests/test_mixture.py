@@ -73,7 +73,8 @@ def assert_modes_covered(guide, params):
 def one_component_pair(group, step_size):
     data = eight_schools.data()
     kwargs = dict(group=group, init_loc_fn=init_to_median, init_scale=0.5)
-    single = NGVI(eight_schools.model, StructuredGaussian(eight_schools.model, **kwargs), step_size, estimator="hessian")
+    single_guide = StructuredGaussian(eight_schools.model, **kwargs)
+    single = NGVI(eight_schools.model, single_guide, step_size, estimator="hessian")
     mixture = NGVI(
         eight_schools.model,
         StructuredGaussianMixture(eight_schools.model, num_components=1, init_spread=0.0, **kwargs),
