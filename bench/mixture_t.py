@@ -34,7 +34,8 @@ samples divided by the exact marginal's interquartile range (median and max
 over dimensions; the "exact vs exact" row is the Monte-Carlo floor of that
 number), and how many target components have a fitted component whose mean is
 within 3 marginal scales of theirs in every dimension ("covered"). The figure
-``docs/mixture_t_marginals.png`` draws the first 8 marginals, each fit over the
+``docs/mixture_t_marginals.png`` (``bench/results/mixture_t_quick.png`` with
+``--quick``) draws the first 8 marginals, each fit over the
 exact density (every component's marginal is a Student-t with 2 degrees of
 freedom, location ``m_c[i]`` and scale ``sqrt((P_c^-1)_ii)``; the mixture's is
 their average). Results: ``bench/results/mixture_t[_quick].json``.
@@ -285,7 +286,7 @@ def plot(exact, fits, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a short smoke run (~3 min)")
+    parser.add_argument("--quick", action="store_true", help="a short run (~4 min): 500 NGVI/SVI steps")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ", ".join(METHODS))
     for key, value in FULL.items():
         kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(value, bool) else type(value)
@@ -326,7 +327,8 @@ def main():
         best = results["ngvi_mixture"]["w1_over_iqr_median"]
         results["ratios"] = {f"ngvi_mixture / {n}": best / results[n]["w1_over_iqr_median"]
                              for n in ("ngvi_single", "svi_mixture", "svi_mixture_wide_start") if n in results}
-        plot(exact, fits, ROOT / "docs" / "mixture_t_marginals.png")
+        quick_figure = ROOT / "bench" / "results" / "mixture_t_quick.png"
+        plot(exact, fits, quick_figure if args.quick else ROOT / "docs" / "mixture_t_marginals.png")
 
     header = f"{'method':30s} {'W1/IQR median':>14s} {'W1/IQR max':>11s} {'covered':>8s} {'loss':>9s} {'run s':>7s}"
     print("\n" + header + "\n" + "-" * len(header))
