@@ -76,7 +76,10 @@ class StructuredGaussianMixture(StructuredGaussian):
     ``v_K = 0``). Component means start spread out so that they do not all
     collapse onto one mode: ``init_locs`` if given, else the initial point plus
     ``init_spread`` times independent standard normal draws (made from the
-    guide's random key when it is first run).
+    guide's random key when it is first run). A component only learns of modes
+    it puts mass near: start components wide (``init_scale`` about the spread of
+    ``init_locs``), or, for narrow modes far apart, at the modes that
+    :func:`ngvi.find_modes` returns, one component each.
 
     With :class:`ngvi.NGVI` each component takes the natural-gradient step of
     MATH.md sec. 6; with stock ``SVI`` use :class:`MixtureELBO`.
