@@ -190,23 +190,24 @@ def test_find_modes_checks_the_shape_of_the_starts():
 # --- the 20-dimensional mixture of Student-t ----------------------------------
 @pytest.mark.slow
 def test_mixture_of_student_t_20d_components_are_found():
-    """25 components start uniform in the box, each as wide as the box (sd 17,
-    the precision I/300 of the ICML 2021 code), so that every one of them first
-    sees the whole target and they spread over the modes while they shrink."""
-    dim, num = 20, 25
+    """The benchmark's recipe at test size: modes found from 100 uniform starts,
+    one component per mode, NGVI. (One of the 20-d modes draws about 1% of
+    uniform starts, so 9 of 10 is what 100 starts guarantee across seeds.)"""
+    dim = 20
     data = mt.data(dim=dim)
     means, precisions = mt.components(dim)
     scales = mt.marginal_scales(precisions)
-    init_locs = np.random.default_rng([0, 2021]).uniform(-20.0, 20.0, (num, dim))  # not mt's default_rng(0)
+    starts = np.random.default_rng([0, 2021]).uniform(-20.0, 20.0, (100, dim))  # not mt's default_rng(0)
+    modes = find_modes(mt.model, starts, num_steps=1000, **data)
     guide = StructuredGaussianMixture(
-        mt.model, num_components=num, group=groups.BlockUpperTriangular(5), learn_weights=True,
-        init_locs=init_locs, init_scale=17.0,
+        mt.model, num_components=len(modes.locs), group=groups.BlockUpperTriangular(5),
+        init_locs=modes.locs, init_scale=0.1,
     )
     ngvi = NGVI(mt.model, guide, estimator="stein", num_samples=8, step_size=0.1)
     state = ngvi.init(KEY, **data)
-    update = jax.jit(lambda s: jax.lax.scan(lambda c, _: ngvi.update(c, **data), s, None, length=1500))
-    state, _ = update(state)
+    state, _ = jax.jit(lambda s: jax.lax.scan(lambda c, _: ngvi.update(c, **data), s, None, length=300))(state)
     worst = np.max(np.abs(np.asarray(state.loc)[:, None] - means[None]) / scales[None], axis=-1)
+    assert len(modes.locs) <= 10  # no mode counted twice
     assert np.sum(worst.min(0) < 3.0) >= 9, worst.min(0)
     assert int(state.num_rejected) == 0
 
