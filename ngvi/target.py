@@ -10,7 +10,16 @@ from numpyro.infer.util import _unconstrain_reparam, potential_energy
 
 from ngvi.estimators import Target
 
-__all__ = ["make_target", "check_initial_point"]
+__all__ = ["make_target", "check_initial_point", "nonfinite_sites"]
+
+
+def nonfinite_sites(trace):
+    """Names of the sample sites of ``trace`` whose log density is not finite."""
+    return [
+        name
+        for name, site in trace.items()
+        if site["type"] == "sample" and not bool(jnp.all(jnp.isfinite(site["fn"].log_prob(site["value"]))))
+    ]
 
 
 def _observed_log_likelihood(model, args, kwargs, params):
@@ -51,11 +60,7 @@ def check_initial_point(guide, rng_key, loc, args, kwargs):
         handlers.seed(guide.model, rng_key), substitute_fn=partial(_unconstrain_reparam, params)
     )
     trace = handlers.trace(substituted).get_trace(*args, **kwargs)
-    bad = [
-        name
-        for name, site in trace.items()
-        if site["type"] == "sample" and not bool(jnp.all(jnp.isfinite(site["fn"].log_prob(site["value"]))))
-    ]
+    bad = nonfinite_sites(trace)
     where = f"at site(s) {', '.join(repr(b) for b in bad)}" if bad else "(its gradient is not finite)"
     raise ValueError(
         f"The model's log density is not finite at the initial point {where}; check the data and the "

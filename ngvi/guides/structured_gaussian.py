@@ -10,16 +10,9 @@ from numpyro.infer.initialization import init_to_uniform
 
 from ngvi.groups import Dense
 from ngvi.guides.distribution import StructuredNormal
+from ngvi.target import nonfinite_sites
 
 __all__ = ["StructuredGaussian"]
-
-
-def _nonfinite_sites(trace):
-    return [
-        name
-        for name, site in trace.items()
-        if site["type"] == "sample" and not bool(jnp.all(jnp.isfinite(site["fn"].log_prob(site["value"]))))
-    ]
 
 
 def check_continuous_latents(prototype_trace):
@@ -62,7 +55,7 @@ class StructuredGaussian(AutoContinuous):
         try:
             super()._setup_prototype(*args, **kwargs)
         except RuntimeError as err:  # NumPyro found no point with a finite log density
-            bad = ", ".join(repr(name) for name in _nonfinite_sites(trace)) or "(none found at a prior draw)"
+            bad = ", ".join(repr(name) for name in nonfinite_sites(trace)) or "(none found at a prior draw)"
             raise ValueError(
                 f"The model's log density is not finite at any initial point tried; non-finite sites: {bad}. "
                 "Check the observed data against the supports of these sites."
