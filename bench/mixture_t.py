@@ -289,8 +289,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="a short run (~4 min): 500 NGVI/SVI steps")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ", ".join(METHODS))
     for key, value in FULL.items():
-        kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(value, bool) else type(value)
-        parser.add_argument(f"--{key.replace('_', '-')}", type=kind, default=None)
+        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None)
     args = parser.parse_args()
     s = dict(QUICK if args.quick else FULL)
     s.update({k: v for k, v in vars(args).items() if k in FULL and v is not None})
