@@ -16,7 +16,7 @@ import abc
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Curvature", "HessianCurvature", "LowRankCurvature", "SumCurvature"]
+__all__ = ["Curvature", "DenseCurvature", "HessianCurvature", "LowRankCurvature", "SumCurvature"]
 
 
 class Curvature(abc.ABC):
@@ -60,6 +60,27 @@ class LowRankCurvature(Curvature):
 
     def factors(self):
         return self.p_factor, self.q_factor
+
+
+class DenseCurvature(Curvature):
+    """``H`` as an explicit ``p x p`` matrix: for the full-matrix groups, whose
+    step reads every entry of ``H`` anyway (``O(p^3)``), so the step control's
+    products cost no further Hessian-vector products."""
+
+    def __init__(self, matrix):
+        self.matrix = 0.5 * (matrix + matrix.T)
+
+    def matvec(self, v):
+        return self.matrix @ v
+
+    def matmat(self, vectors):
+        return vectors @ self.matrix
+
+    def diagonal(self):
+        return jnp.diagonal(self.matrix)
+
+    def factors(self):
+        return jnp.eye(self.matrix.shape[-1], dtype=self.matrix.dtype), self.matrix
 
 
 class HessianCurvature(Curvature):

@@ -1,7 +1,7 @@
 """Monte-Carlo estimators of the gradients the natural-gradient step needs.
 
 For ``q = N(mu, (B B^T)^-1)``, ``z = mu + B^-T eps`` with ``eps ~ N(0, I)`` drawn
-in antithetic pairs ``(eps, -eps)``, each estimator returns (MATH.md sec. 3, 5)
+in antithetic pairs ``(eps, -eps)`` (adjacent), each estimator returns (MATH.md sec. 3, 5)
 
 * ``loss``: ``L = E_q[l] + gamma E_q[log q]`` (the negative ELBO for ``gamma = 1``),
 * ``grad_loc``: ``g_mu = E_q[grad l]``,
@@ -17,7 +17,7 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from ngvi.curvature import Curvature, HessianCurvature, LowRankCurvature, SumCurvature
+from ngvi.curvature import Curvature, DenseCurvature, HessianCurvature, LowRankCurvature, SumCurvature
 
 __all__ = ["Target", "Estimate", "ESTIMATORS", "hessian", "stein", "gauss_newton", "zeroth_order", "gaussian_samples"]
 
@@ -39,9 +39,9 @@ class Estimate(NamedTuple):
 
 
 def gaussian_samples(key, group, loc, factor, num_samples):
-    """Antithetic ``eps`` (``(eps, -eps)`` pairs) and ``z = mu + B^-T eps``."""
+    """Antithetic ``eps`` (pairs ``eps_2i, eps_2i+1 = -eps_2i``) and ``z = mu + B^-T eps``."""
     half = jax.random.normal(key, ((num_samples + 1) // 2, loc.shape[-1]), loc.dtype)
-    eps = jnp.concatenate([half, -half])[:num_samples]
+    eps = jnp.stack([half, -half], axis=1).reshape(-1, loc.shape[-1])[:num_samples]
     return eps, loc + jax.vmap(lambda e: group.rsolve(factor, e))(eps)
 
 
@@ -65,20 +65,38 @@ def _mean_hvp(fn, z):
     return lambda v: jnp.mean(jax.vmap(lambda zi: jax.jvp(grad, (zi,), (v,))[1])(z), axis=0)
 
 
-def hessian(key, target, group, loc, factor, num_samples, gamma, probes=None):
+def hessian(key, target, group, loc, factor, num_samples, gamma, probes=None, curvature_samples=None):
     """Price's theorem: ``H`` through Hessian-vector products at the samples.
 
-    ``probes`` (an int) switches ``diag(H)`` and the curvature factors to
-    Hutchinson estimates with that many Rademacher vectors; by default they are
-    exact (``p`` products, only for groups that need them)."""
+    ``curvature_samples`` (an int, default all ``num_samples``) takes the
+    products at the first that many draws only (whole antithetic pairs when
+    even): ``g_mu`` from many cheap gradients, ``H`` from a few draws, each of
+    which costs ``p`` products for a full-matrix group. ``probes`` (an int)
+    switches ``diag(H)`` and the curvature factors to Hutchinson estimates with
+    that many Rademacher vectors; by default they are exact (``p`` products,
+    only for groups that need them; a full-matrix group gets ``H`` formed once,
+    :class:`ngvi.curvature.DenseCurvature`)."""
     sample_key, probe_key = jax.random.split(key)
     _, z = gaussian_samples(sample_key, group, loc, factor, num_samples)
     values, grads = _values_and_grads(target.potential, z)
-    rademacher = None
-    if probes is not None:
-        rademacher = jax.random.rademacher(probe_key, (probes, loc.shape[-1]), loc.dtype)
-    curvature = HessianCurvature(_mean_hvp(target.potential, z), loc.shape[-1], loc.dtype, rademacher)
+    dim = loc.shape[-1]
+    hvp = _mean_hvp(target.potential, z[: _check_curvature_samples(curvature_samples, num_samples)])
+    if probes is None and group.dense_curvature:
+        curvature = DenseCurvature(jax.vmap(hvp)(jnp.eye(dim, dtype=loc.dtype)))
+    else:
+        rademacher = None if probes is None else jax.random.rademacher(probe_key, (probes, dim), loc.dtype)
+        curvature = HessianCurvature(hvp, dim, loc.dtype, rademacher)
     return _estimate(values, jnp.mean(grads, axis=0), curvature, group, factor, gamma)
+
+
+def _check_curvature_samples(curvature_samples, num_samples):
+    if curvature_samples is None:
+        return num_samples
+    if int(curvature_samples) != curvature_samples or not 1 <= curvature_samples <= num_samples:
+        raise ValueError(
+            f"curvature_samples must be an integer from 1 to num_samples={num_samples}, got {curvature_samples}."
+        )
+    return int(curvature_samples)
 
 
 def stein(key, target, group, loc, factor, num_samples, gamma):

@@ -12,7 +12,9 @@ import pytest
 from numpyro.infer import init_to_value
 
 from models import eight_schools, linear_regression, logistic_regression
-from ngvi import NGVI, StructuredGaussian
+from ngvi import NGVI, StructuredGaussian, estimators, groups
+from ngvi.curvature import DenseCurvature
+from ngvi.estimators import Target
 
 KEY = jax.random.PRNGKey(0)
 STEPS, FROZEN = 40, 5
@@ -117,6 +119,28 @@ def test_estimators_on_logistic_regression(estimator, logistic):
         result = NGVI(logistic_regression.model, guide, estimator=estimator).run(KEY, 10, progress_bar=False, **data)
     assert all(np.all(np.isfinite(v)) for v in result.params.values())
     assert np.all(np.isfinite(result.losses)) and result.losses[-1] < 0.5 * result.losses[0]
+
+
+@pytest.mark.parametrize("group", [groups.Dense(), groups.BlockUpperTriangular(2)], ids=["dense", "block_upper"])
+@pytest.mark.parametrize("curvature_samples", [None, 2, 3])
+def test_hessian_curvature_from_the_first_draws(group, curvature_samples):
+    """"hessian" with ``curvature_samples=m``: ``g_mu`` is the mean gradient over
+    all draws, ``H`` the mean Hessian over the first ``m`` (antithetic pairs
+    adjacent); a full-matrix group gets ``H`` as a matrix, other groups as products."""
+    potential = lambda z: jnp.sum(jnp.cosh(z)) + 0.5 * z[0] * z[1] ** 2
+    key, p, n = jax.random.PRNGKey(3), 5, 6
+    loc = jnp.linspace(-0.5, 0.5, p)
+    factor = group.init(p, 0.7)
+    estimate = estimators.hessian(key, Target(potential), group, loc, factor, n, 1.0, curvature_samples=curvature_samples)
+    _, z = estimators.gaussian_samples(jax.random.split(key)[0], group, loc, factor, n)
+    np.testing.assert_allclose(z[0::2] + z[1::2] - 2 * loc, 0.0, atol=1e-6)
+    np.testing.assert_allclose(estimate.grad_loc, jnp.mean(jax.vmap(jax.grad(potential))(z), axis=0), rtol=1e-5)
+    hessian = jnp.mean(jax.vmap(jax.hessian(potential))(z[: curvature_samples or n]), axis=0)
+    assert isinstance(estimate.curvature, DenseCurvature) == isinstance(group, groups.Dense)
+    np.testing.assert_allclose(estimate.curvature.matmat(jnp.eye(p)), hessian, rtol=1e-5)
+    for bad in (0, n + 1, 1.5):
+        with pytest.raises(ValueError, match="curvature_samples"):
+            estimators.hessian(key, Target(potential), group, loc, factor, n, 1.0, curvature_samples=bad)
 
 
 def test_bad_driver_arguments():

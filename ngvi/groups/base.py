@@ -37,6 +37,9 @@ class Group(abc.ABC):
     """
 
     name: str = "group"
+    dense_curvature: bool = False
+    """True when the step reads every entry of ``H`` (the full-matrix groups):
+    the Hessian estimator then forms ``H`` once per step."""
 
     # --- construction -----------------------------------------------------
     def check(self, p):

@@ -24,6 +24,8 @@ def _sym(x):
 class _MatrixGroup(Group):
     """Shared storage and algebra of the full-matrix groups (cost ``O(p^3)``)."""
 
+    dense_curvature = True
+
     def identity(self, p, dtype=jnp.float32):
         return MatrixFactor(jnp.eye(p, dtype=dtype))
 
