@@ -1,22 +1,25 @@
 """NGVI against NumPyro SVI + Adam: gradient evaluations and wall time to a common target.
 
-    python bench/vs_svi.py [--quick] [--models eight_schools logistic_regression linear_regression]
+    python bench/vs_svi.py [--quick] [--seed 0] [--models eight_schools logistic_regression linear_regression]
 
 Methods, per model (``k`` = 4 for logistic regression, 2 otherwise; every guide
 starts at ``init_to_median`` with standard deviations 0.1; float32):
 
-* NGVI, the seven variants of ``NGVI_VARIANTS``, the same on every model and
-  fixed before the run (``n`` = num_samples, drawn in antithetic pairs):
-  "hessian" Dense n=8 (the defaults) and n=2 (one antithetic pair),
-  "hessian" BlockUpperTriangular(k) n=2 with ``probes=4`` (Hutchinson
-  ``diag(H)``), and "stein" (gradients only) with Dense and
-  BlockUpperTriangular(k), n=8 and n=16; default step control, 300 steps. Every
-  variant uses the step-size schedule ``SCHEDULE``:
-  ``optax.schedules.exponential_decay(init_value=0.5, transition_begin=50,
-  transition_steps=50, decay_rate=0.5, end_value=0.02)``, i.e. 0.5 for 50
-  burn-in steps, then halved every 50 steps down to 0.02 (reached near step
-  282): a constant step leaves the mean wandering 0.1-0.2 sd around the
-  optimum (Monte-Carlo noise), which the decay shrinks about 5-fold;
+* NGVI, the nine variants of ``NGVI_VARIANTS``, the same on every model and
+  fixed before the run (``n`` = num_samples, drawn in antithetic pairs), default
+  step control, 300 steps. With the step size "decay" of ``SCHEDULES``
+  (``optax.schedules.exponential_decay(init_value=0.5, transition_begin=50,
+  transition_steps=50, decay_rate=0.5, end_value=0.02)``: 0.5 for 50 burn-in
+  steps, then halved every 50 steps down to 0.02, reached near step 282; a
+  constant step leaves the mean wandering 0.1-0.2 sd around the optimum, which
+  the decay shrinks about 5-fold): "hessian" Dense n=8 (the defaults) and n=2
+  (one antithetic pair), "hessian" BlockUpperTriangular(k) n=2 with
+  ``probes=4`` (Hutchinson ``diag(H)``), and "stein" (gradients only) with
+  Dense and BlockUpperTriangular(k), n=8 and n=16. With the step size "newton"
+  (1 for 8 steps, then ``1 / (t - 6)`` down to 0.1: full Newton / VON steps
+  while far from the optimum, then a running mean of the curvature and of the
+  mean's steps): "hessian" Dense n=32 and n=8, each with ``curvature_samples=2``
+  (``g_mu`` from all draws, ``H`` from one antithetic pair);
 * SVI + ``optax.adam`` (as ``optax.inject_hyperparams(optax.adam)``, so one
   executable serves every learning rate), ``Trace_ELBO()`` (one particle) on
   AutoMultivariateNormal, AutoLowRankMultivariateNormal(rank=k) and
@@ -31,8 +34,10 @@ energy, analytic entropy); every draw uses one PRNG key, so all guides whose
 sampler is ``loc + A eps`` share the same ``eps`` (LowRank draws ``p + k``
 normals and differs). The criteria are checked after every NGVI step and every
 100 SVI steps, and the first 100-step SVI chunk that meets them is re-checked
-step by step; "steps to target" is the first step where both hold ("at end":
-whether they still hold at the last check).
+step by step; "steps to target" is the first step where both hold. "Held
+from" is the first check from which they hold at every later check to the end
+of the budget (at the resolution of the checks: every step for NGVI, every 100
+steps for SVI), i.e. a result one can stop at without knowing the reference.
 
 Each method's steps run in one compiled loop ``(state, n) -> state``
 (``lax.fori_loop`` with a traced trip count, i.e. an XLA ``while``; a
@@ -47,15 +52,15 @@ Hessian-vector product (HVP):
 
 * SVI, Trace_ELBO with one particle: 1 per step.
 * NGVI "stein": ``n`` (one ``value_and_grad`` per sample).
-* NGVI "hessian": ``n + 2 n (C + 9)``: ``n`` gradients, and every product with
-  the curvature operator is one HVP per sample; ``C = p`` for Dense (the exact
-  curvature factors, ``p`` products) and ``C = k + p`` for BlockUpperTriangular
-  (``k`` rows plus the exact ``diag(H)``, which takes ``p`` products); with
-  ``probes=m`` the diagonal (and the factors) are Hutchinson estimates with
-  ``m`` products instead of ``p`` (``C = k + m`` for BlockUpperTriangular);
-  the step control adds 9 products (2 per probe x 4 probes in the factor line
-  minimiser, 1 in the mean's). E.g. p = 10, k = 2: Dense n=8 232, Dense n=2 58,
-  BlockUpperTriangular(2) n=2 probes=4 62.
+* NGVI "hessian" with ``m`` curvature draws (``curvature_samples``, default
+  ``n``): ``n`` gradients, and every product with the curvature operator is one
+  HVP at each of the ``m`` draws. Dense: ``n + 2 m p`` (``H`` formed from ``p``
+  products per draw; the step control reads the matrix).
+  BlockUpperTriangular: ``n + 2 m (k + C + 9)``, ``k`` rows plus ``diag(H)``
+  (``C = p`` products exactly, or ``C`` = the number of Hutchinson ``probes``),
+  and 9 products of the step control (2 per probe x 4 probes in the factor line
+  minimiser, 1 in the mean's). E.g. p = 10, k = 2: Dense n=8 168, Dense n=2 42,
+  BlockUpperTriangular(2) n=2 probes=4 62, Dense n=32 ``curvature_samples=2`` 72.
 
 The full run also counts them: one jitted step with the estimators' gradient
 and HVP helpers wrapped in ``jax.debug.callback`` counters, checked against the
@@ -101,25 +106,39 @@ from models.reference import load_reference  # noqa: E402
 from ngvi import NGVI, StructuredGaussian, groups  # noqa: E402
 
 RANK = {"eight_schools": 2, "logistic_regression": 4, "linear_regression": 2}
-# NGVI step size: 0.5 for a burn-in of SCHEDULE_BEGIN steps, then halved every
-# SCHEDULE_HALF_LIFE steps down to SCHEDULE_END (reached at step ~282), so the
-# mean's Monte-Carlo wander at the optimum shrinks by ~sqrt(0.02 / 0.5) = 0.2x.
-SCHEDULE_INIT, SCHEDULE_BEGIN, SCHEDULE_HALF_LIFE, SCHEDULE_END = 0.5, 50, 50, 0.02
-SCHEDULE = optax.schedules.exponential_decay(
-    init_value=SCHEDULE_INIT, transition_steps=SCHEDULE_HALF_LIFE, decay_rate=0.5,
-    transition_begin=SCHEDULE_BEGIN, end_value=SCHEDULE_END,
-)
-SCHEDULE_TEXT = (f"exponential_decay(init_value={SCHEDULE_INIT}, transition_begin={SCHEDULE_BEGIN}, "
-                 f"transition_steps={SCHEDULE_HALF_LIFE}, decay_rate=0.5, end_value={SCHEDULE_END})")
-# (label, estimator, group kind, num_samples, probes): the same list on every model, fixed in advance.
+# "decay": 0.5 for a burn-in of 50 steps, then halved every 50 steps down to 0.02
+# (reached at step ~282), so the mean's Monte-Carlo wander at the optimum shrinks
+# by ~sqrt(0.02 / 0.5) = 0.2x.
+# "newton": full steps (beta = 1, the Newton / VON step of a dense group) for
+# NEWTON_STEPS steps, then beta_t = 1 / (t - NEWTON_STEPS + 2) down to 0.1: with
+# beta = 1 / k the precision is the running mean of the curvature estimates
+# since the burn-in (Robbins-Monro averaging of the Monte-Carlo noise).
+NEWTON_STEPS, NEWTON_FLOOR = 8, 0.1
+SCHEDULES = {
+    "decay": (
+        optax.schedules.exponential_decay(
+            init_value=0.5, transition_steps=50, decay_rate=0.5, transition_begin=50, end_value=0.02
+        ),
+        "exponential_decay(init_value=0.5, transition_begin=50, transition_steps=50, decay_rate=0.5, end_value=0.02)",
+    ),
+    "newton": (
+        optax.join_schedules(
+            [optax.constant_schedule(1.0), lambda t: jnp.maximum(NEWTON_FLOOR, 1.0 / (t + 2.0))], [NEWTON_STEPS]
+        ),
+        f"1 for {NEWTON_STEPS} steps, then max({NEWTON_FLOOR}, 1 / (t - {NEWTON_STEPS} + 2))",
+    ),
+}
+# (estimator, group kind, num_samples, options, schedule): the same list on every model, fixed in advance.
 NGVI_VARIANTS = (
-    ("hessian", "dense", 8, None),
-    ("hessian", "dense", 2, None),
-    ("hessian", "block_upper", 2, 4),
-    ("stein", "dense", 8, None),
-    ("stein", "dense", 16, None),
-    ("stein", "block_upper", 8, None),
-    ("stein", "block_upper", 16, None),
+    ("hessian", "dense", 8, {}, "decay"),
+    ("hessian", "dense", 2, {}, "decay"),
+    ("hessian", "block_upper", 2, {"probes": 4}, "decay"),
+    ("stein", "dense", 8, {}, "decay"),
+    ("stein", "dense", 16, {}, "decay"),
+    ("stein", "block_upper", 8, {}, "decay"),
+    ("stein", "block_upper", 16, {}, "decay"),
+    ("hessian", "dense", 32, {"curvature_samples": 2}, "newton"),
+    ("hessian", "dense", 8, {"curvature_samples": 2}, "newton"),
 )
 LEARNING_RATES = (1e-3, 1e-2, 3e-2)
 AUTOGUIDES = {
@@ -128,7 +147,7 @@ AUTOGUIDES = {
     "AutoDiag": lambda model, k: AutoDiagonalNormal(model, init_loc_fn=init_to_median),
 }
 ELBO_DRAWS, ELBO_TOL, MEAN_TOL = 4000, 0.5, 0.1
-STEP_CONTROL_PRODUCTS = 9  # curvature products per step: 2 x 4 probes + 1 (ngvi/ngd.py)
+STEP_CONTROL_PRODUCTS = 9  # curvature products per step: 2 x 4 probes + 1 (ngvi/ngd.py), none for a matrix H
 FULL = {"ngvi_steps": 300, "svi_steps": 20_000, "svi_chunk": 100, "lrs": LEARNING_RATES, "count": True}
 QUICK = {"ngvi_steps": 100, "svi_steps": 2_000, "svi_chunk": 100, "lrs": (1e-2,), "count": False}
 
@@ -152,15 +171,15 @@ def compile_loop(step, state, kw):
     return compiled, time.perf_counter() - start
 
 
-def ngvi_grads_per_step(estimator, group, p, n, probes=None):
+def ngvi_grads_per_step(estimator, group, p, n, probes=None, curvature_samples=None):
     """Per-step gradient evaluations of NGVI (formula in the module docstring)."""
     if estimator == "stein":
         return n
-    if isinstance(group, groups.Dense):
-        curvature = p if probes is None else probes  # the curvature factors: p unit vectors or the probes
-    else:
-        curvature = group.k + (p if probes is None else probes)  # k rows plus diag(H)
-    return n + 2 * n * (curvature + STEP_CONTROL_PRODUCTS)
+    m = n if curvature_samples is None else curvature_samples
+    if isinstance(group, groups.Dense) and probes is None:
+        return n + 2 * m * p  # H formed once from p products per draw; step control reads the matrix
+    curvature = (p if probes is None else probes) + (0 if isinstance(group, groups.Dense) else group.k)
+    return n + 2 * m * (curvature + STEP_CONTROL_PRODUCTS)
 
 
 @contextlib.contextmanager
@@ -205,25 +224,25 @@ def count_ngvi_step(optimiser, state, kw):
 
 
 def ngvi_methods(module, kw, k, key, count):
-    """The NGVI variants of ``NGVI_VARIANTS`` on ``module``, all with step size ``SCHEDULE``."""
-    for estimator, kind, num_samples, probes in NGVI_VARIANTS:
+    """The NGVI variants of ``NGVI_VARIANTS`` on ``module``."""
+    for estimator, kind, num_samples, options, schedule in NGVI_VARIANTS:
         group = groups.Dense() if kind == "dense" else groups.BlockUpperTriangular(k)
         guide = StructuredGaussian(module.model, group=group, init_loc_fn=init_to_median)
-        extra = {} if probes is None else {"probes": probes}
-        optimiser = NGVI(module.model, guide, estimator=estimator, step_size=SCHEDULE, num_samples=num_samples, **extra)
+        step_size, schedule_text = SCHEDULES[schedule]
+        optimiser = NGVI(module.model, guide, estimator=estimator, step_size=step_size, num_samples=num_samples, **options)
         state = optimiser.init(key, **kw)
         advance, compile_s = compile_loop(lambda s, kw, o=optimiser: o.update(s, **kw)[0], state, kw)
-        formula = ngvi_grads_per_step(estimator, group, state.loc.shape[-1], num_samples, probes)
+        formula = ngvi_grads_per_step(estimator, group, state.loc.shape[-1], num_samples, **options)
         counted = count_ngvi_step(optimiser, state, kw) if count else None
         if counted is not None and counted != formula:
             raise RuntimeError(f"{estimator}/{group!r}: counted {counted} grad evals per step, formula {formula}")
         label = "dense" if kind == "dense" else f"block_upper({k})"
-        label += f" n={num_samples}" + ("" if probes is None else f" probes={probes}")
+        label += f" n={num_samples}" + "".join(f" {name}={value}" for name, value in options.items())
         yield Method(
-            f"NGVI {estimator} {label}", "ngvi", state, advance,
+            f"NGVI {estimator} {label} {schedule}", "ngvi", state, advance,
             lambda s, g=guide, o=optimiser: g.get_posterior(o.get_params(s)),
             formula, compile_s, counted_grads_per_step=counted, estimator=estimator, group=kind,
-            num_samples=num_samples, probes=probes, step_size=SCHEDULE_TEXT,
+            num_samples=num_samples, **options, step_size=schedule_text,
         )
 
 
@@ -289,11 +308,23 @@ def refine(method, kw, trace, hit, check, best_elbo):
     return trace["steps"][hit] if first is None else fine["steps"][first]
 
 
+def meets(trace, best_elbo):
+    """Per check: whether both criteria hold."""
+    elbo, error = np.asarray(trace["elbo"]), np.asarray(trace["mean_error"])
+    return (elbo >= best_elbo - ELBO_TOL) & (error <= MEAN_TOL)
+
+
 def first_hit(trace, best_elbo):
     """Index of the first check meeting both criteria, or None."""
-    elbo, error = np.asarray(trace["elbo"]), np.asarray(trace["mean_error"])
-    hits = np.flatnonzero((elbo >= best_elbo - ELBO_TOL) & (error <= MEAN_TOL))
+    hits = np.flatnonzero(meets(trace, best_elbo))
     return int(hits[0]) if hits.size else None
+
+
+def first_held(trace, best_elbo):
+    """Index of the first check from which both criteria hold at every later check, or None."""
+    misses = np.flatnonzero(~meets(trace, best_elbo))
+    held = 0 if not misses.size else int(misses[-1]) + 1
+    return held if held < len(trace["steps"]) else None
 
 
 def result_row(method, trace, best_elbo, kw, check):
@@ -304,11 +335,15 @@ def result_row(method, trace, best_elbo, kw, check):
         run = lambda: jax.block_until_ready(method.advance(method.state, jnp.int32(steps), kw))
         wall = time_runs(run, min_runs=5, max_runs=50, budget_s=2.0)[:2]
     last = {key: trace[key][-1:] for key in ("elbo", "mean_error")}
+    held = first_held(trace, best_elbo)
+    held_steps = None if held is None else trace["steps"][held]
     return {
         "method": method.name, "family": method.family, **method.info,
         "grads_per_step": method.grads_per_step,
         "steps_to_target": steps,
         "grad_evals_to_target": None if steps is None else steps * method.grads_per_step,
+        "steps_to_hold": held_steps,
+        "grad_evals_to_hold": None if held_steps is None else held_steps * method.grads_per_step,
         "wall_s_to_target": wall[1],
         "wall_s_to_target_median": wall[0],
         "compile_s": method.compile_s,
@@ -322,11 +357,11 @@ def result_row(method, trace, best_elbo, kw, check):
     }
 
 
-def benchmark_model(name, config):
+def benchmark_model(name, config, seed):
     """Run every method on model ``name``; return the JSON-ready result."""
     module = importlib.import_module(f"models.{name}")
     kw, k = module.data(), RANK[name]
-    init_key, check_key = jax.random.split(jax.random.PRNGKey(0))
+    init_key, check_key = jax.random.split(jax.random.PRNGKey(seed))
     methods = list(ngvi_methods(module, kw, k, init_key, config["count"]))
     methods += list(svi_methods(module, kw, k, init_key, config["lrs"]))
     unpack = StructuredGaussian(module.model, init_loc_fn=init_to_median)
@@ -361,7 +396,9 @@ def summarise(rows):
     out = {}
     ngvi = [r for r in rows if r["family"] == "ngvi"]
     adam = [r for r in rows if r["family"] == "svi"]
-    for metric, budget in (("grad_evals_to_target", "budget_grad_evals"), ("wall_s_to_target", "budget_loop_s")):
+    metrics = (("grad_evals_to_target", "budget_grad_evals"), ("wall_s_to_target", "budget_loop_s"),
+               ("grad_evals_to_hold", "budget_grad_evals"))
+    for metric, budget in metrics:
         ngvi_hit = [r for r in ngvi if r[metric] is not None]
         adam_hit = [r for r in adam if r[metric] is not None]
         if not ngvi_hit:
@@ -391,18 +428,19 @@ def print_model(result):
     """One table per model plus the NGVI / Adam ratios."""
     print(f"\n== {result['model']} (k={result['k']}): best ELBO {result['best_elbo']:.3f}; target ELBO >= "
           f"{result['best_elbo'] - ELBO_TOL:.3f} and max |mean - NUTS| <= {MEAN_TOL} sd")
-    header = f"{'method':<42} {'grads/step':>10} {'steps':>6} {'grad evals':>10} {'wall s':>8} {'compile s':>9} " \
-             f"{'final ELBO':>10} {'final err':>9} {'at end':>6}"
+    header = f"{'method':<58} {'grads/step':>10} {'steps':>6} {'grad evals':>10} {'wall s':>8} {'compile s':>9} " \
+             f"{'final ELBO':>10} {'final err':>9} {'held from':>10}"
     print(header + "\n" + "-" * len(header))
     for r in result["rows"]:
         name = r["method"] + (" *" if r["family"] == "svi" and r["best_lr"] else "")
         reached = r["steps_to_target"] is not None
-        print(f"{name:<42} {r['grads_per_step']:>10} {fmt(r['steps_to_target'], 'd') if reached else 'not reached':>6} "
+        print(f"{name:<58} {r['grads_per_step']:>10} {fmt(r['steps_to_target'], 'd') if reached else 'not reached':>6} "
               f"{fmt(r['grad_evals_to_target'], 'd'):>10} {fmt(r['wall_s_to_target'], '.4f'):>8} "
               f"{r['compile_s']:>9.2f} {r['final_elbo']:>10.3f} {r['final_mean_error']:>9.3f} "
-              f"{'yes' if r['target_holds_at_end'] else 'no':>6}")
+              f"{fmt(r['grad_evals_to_hold'], 'd'):>10}")
     s = result["summary"]
-    for metric, label in (("grad_evals_to_target", "grad evals"), ("wall_s_to_target", "wall time")):
+    for metric, label in (("grad_evals_to_target", "grad evals"), ("wall_s_to_target", "wall time"),
+                          ("grad_evals_to_hold", "grad evals to hold")):
         m = s[metric]
         if m["ratio"] is None:
             print(f"{label}: {m['note']}")
@@ -417,6 +455,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="SVI 2,000 steps at one lr, NGVI 100 steps, no counting")
     parser.add_argument("--models", nargs="+", choices=sorted(RANK), help="default: all (--quick: linear_regression)")
+    parser.add_argument("--seed", type=int, default=0, help="PRNG seed of every method's state and of the checks")
     options = parser.parse_args()
     config = QUICK if options.quick else FULL
     options.models = options.models or (["linear_regression"] if options.quick else sorted(RANK))
@@ -424,19 +463,21 @@ def main():
     print(f"jax {jax.__version__}, {jax.devices()[0].platform}, {os.cpu_count()} cores; "
           f"ngvi steps {config['ngvi_steps']} (checked every step), svi steps {config['svi_steps']} "
           f"(checked every {config['svi_chunk']}), lrs {config['lrs']}; '*' marks each autoguide's best lr")
-    print(f"NGVI step size (every variant): {SCHEDULE_TEXT}")
-    print("NGVI variants (estimator, group, num_samples, probes): " + "; ".join(map(str, NGVI_VARIANTS)))
+    print("NGVI step sizes: " + "; ".join(f"{name}: {text}" for name, (_, text) in SCHEDULES.items()))
+    print("NGVI variants (estimator, group, num_samples, options, step size): " + "; ".join(map(str, NGVI_VARIANTS)))
     start = time.perf_counter()
     results = []
     for name in options.models:
-        results.append(benchmark_model(name, config))
+        results.append(benchmark_model(name, config, options.seed))
         print_model(results[-1])
     total = time.perf_counter() - start
     print(f"\ntotal {total:.0f} s")
-    out = ROOT / "bench" / "results" / f"vs_svi{'_quick' if options.quick else ''}.json"
+    suffix = ("_quick" if options.quick else "") + (f"_seed{options.seed}" if options.seed else "")
+    out = ROOT / "bench" / "results" / f"vs_svi{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"command": " ".join(["python", "bench/vs_svi.py", *sys.argv[1:]]), "config": config, "total_s": total,
-            "ngvi_step_size": SCHEDULE_TEXT, "ngvi_variants": [list(v) for v in NGVI_VARIANTS],
+            "seed": options.seed, "ngvi_step_sizes": {name: text for name, (_, text) in SCHEDULES.items()},
+            "ngvi_variants": [list(v) for v in NGVI_VARIANTS],
             "elbo_draws": ELBO_DRAWS, "elbo_tol": ELBO_TOL, "mean_tol": MEAN_TOL, "jax": jax.__version__}
     with open(out, "w") as f:
         json.dump({"meta": meta, "models": results}, f, indent=1)
