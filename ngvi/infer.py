@@ -3,6 +3,7 @@ guide, a thin façade over the pure step of :mod:`ngvi.ngd` that mirrors
 ``numpyro.infer.SVI`` (``init``, ``update``, ``run``, ``get_params``,
 ``evaluate``)."""
 
+import inspect
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -53,8 +54,10 @@ class NGVI:
     :param estimator: ``"hessian"`` (Hessian-vector products), ``"stein"``
         (gradients only), ``"gauss_newton"`` (per-example gradients of the observed
         sites plus the prior's exact curvature) or ``"zeroth_order"`` (log-density
-        values only); extra keyword arguments go to the estimator (``probes=`` for
-        Hutchinson diagonals with ``"hessian"``).
+        values only); extra keyword arguments go to the estimator: with
+        ``"hessian"``, ``probes=`` for Hutchinson diagonals and
+        ``curvature_samples=`` for Hessian products at only the first that many
+        draws (the gradient still averages all ``num_samples``).
     :param gamma: the weight of ``E_q[log q]`` (1 for VI).
     :param trust_radius: bound on the spectral norm of the local factor step
         (:func:`ngvi.ngd.natural_gradient_step`).
@@ -78,6 +81,10 @@ class NGVI:
             raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}.")
         if int(num_samples) != num_samples or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples}.")
+        try:
+            inspect.signature(ESTIMATORS[estimator]).bind_partial(**estimator_kwargs)
+        except TypeError as err:
+            raise ValueError(f"estimator={estimator!r} does not take {sorted(estimator_kwargs)}: {err}.") from None
         self.model, self.guide = model, guide
         self.step_size, self.num_samples, self.gamma = step_size, num_samples, gamma
         self.trust_radius, self.loc_trust_radius = trust_radius, loc_trust_radius

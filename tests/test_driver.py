@@ -144,12 +144,15 @@ def test_hessian_curvature_from_the_first_draws(group, curvature_samples):
 
 
 def test_bad_driver_arguments():
-    """An unknown estimator or a non-positive number of samples raises ValueError."""
+    """An unknown estimator, a non-positive number of samples or an option the
+    estimator does not take raises ValueError."""
     guide = StructuredGaussian(eight_schools.model)
     with pytest.raises(ValueError, match="newton"):
         NGVI(eight_schools.model, guide, estimator="newton")
     with pytest.raises(ValueError, match="num_samples"):
         NGVI(eight_schools.model, guide, num_samples=0)
+    with pytest.raises(ValueError, match="'stein' does not take.*probes"):
+        NGVI(eight_schools.model, guide, estimator="stein", probes=4)
 
 
 def unobserved_model():
