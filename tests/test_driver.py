@@ -9,11 +9,12 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 import pytest
+import scipy.stats
 from numpyro.infer import init_to_value
 
 from models import eight_schools, linear_regression, logistic_regression
 from ngvi import NGVI, StructuredGaussian, estimators, groups
-from ngvi.curvature import DenseCurvature
+from ngvi.curvature import DenseCurvature, LowRankCurvature
 from ngvi.estimators import Target
 
 KEY = jax.random.PRNGKey(0)
@@ -141,6 +142,51 @@ def test_hessian_curvature_from_the_first_draws(group, curvature_samples):
     for bad in (0, n + 1, 1.5):
         with pytest.raises(ValueError, match="curvature_samples"):
             estimators.hessian(key, Target(potential), group, loc, factor, n, 1.0, curvature_samples=bad)
+
+
+def test_orthogonal_normals_are_standard_normal():
+    """Orthogonal Monte Carlo draws: orthonormal directions within a block of
+    ``min(num, dim)`` draws, and every draw exactly N(0, I) (moments over 4000
+    keys, and a Kolmogorov-Smirnov test of one coordinate)."""
+    num, dim = 5, 3
+    draws = jax.vmap(lambda k: estimators.orthogonal_normals(k, num, dim, jnp.float32))(
+        jax.random.split(jax.random.PRNGKey(0), 4000)
+    )
+    directions = draws / jnp.linalg.norm(draws, axis=-1, keepdims=True)
+    for block in (directions[:, :3], directions[:, 3:]):
+        gram = jnp.einsum("nip,njp->nij", block, block)
+        np.testing.assert_allclose(gram, jnp.broadcast_to(jnp.eye(block.shape[1]), gram.shape), atol=1e-5)
+    flat = draws.reshape(-1, num * dim)
+    np.testing.assert_allclose(jnp.mean(flat, axis=0), 0.0, atol=0.07)  # 4.4 standard errors
+    np.testing.assert_allclose(jnp.cov(flat.T), jnp.eye(num * dim), atol=0.1)  # draws uncorrelated, too
+    assert scipy.stats.kstest(np.asarray(draws[:, 4, 1]), "norm").pvalue > 1e-3
+
+
+def test_orthogonal_draws_halve_the_stein_curvature_noise():
+    """On a quadratic target "stein" with ``2p`` draws (``p`` orthogonal antithetic
+    pairs) is unbiased and about half as far from ``H`` as with independent
+    pairs (measured 0.54 against 1.00 relative Frobenius error)."""
+    p, reps = 6, 400
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(p, p))
+    h, m = jnp.asarray(a @ a.T / p + np.eye(p), jnp.float32), jnp.asarray(rng.normal(size=p), jnp.float32)
+    target = Target(lambda z: 0.5 * (z - m) @ h @ (z - m))
+    group, loc = groups.Dense(), jnp.zeros(p)
+    factor = group.init(p, 0.8)
+
+    def independent(key):
+        half = jax.random.normal(key, (p, p))
+        eps = jnp.stack([half, -half], axis=1).reshape(-1, p)
+        grads = jax.vmap(jax.grad(target.potential))(loc + jax.vmap(lambda e: group.rsolve(factor, e))(eps))
+        b_eps = jax.vmap(lambda e: group.matvec(factor, e))(eps)
+        return LowRankCurvature(b_eps / (2 * p), grads).matmat(jnp.eye(p))
+
+    orthogonal = lambda key: estimators.stein(key, target, group, loc, factor, 2 * p, 1.0).curvature.matmat(jnp.eye(p))
+    keys = jax.random.split(jax.random.PRNGKey(1), reps)
+    relative = lambda e: jnp.linalg.norm(e - h, axis=(-2, -1)) / jnp.linalg.norm(h)
+    ortho, iid = jax.vmap(orthogonal)(keys), jax.vmap(independent)(keys)
+    assert relative(jnp.mean(ortho, axis=0)) < 0.1  # unbiased: ~4 standard errors
+    assert jnp.mean(relative(ortho)) < 0.7 * jnp.mean(relative(iid))
 
 
 def test_bad_driver_arguments():
