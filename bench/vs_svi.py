@@ -5,7 +5,7 @@
 Methods, per model (``k`` = 4 for logistic regression, 2 otherwise; every guide
 starts at ``init_to_median`` with standard deviations 0.1; float32):
 
-* NGVI, the nine variants of ``NGVI_VARIANTS``, the same on every model and
+* NGVI, the ten variants of ``NGVI_VARIANTS``, the same on every model and
   fixed before the run (``n`` = num_samples, drawn in antithetic pairs), default
   step control, 300 steps. With the step size "decay" of ``SCHEDULES``
   (``optax.schedules.exponential_decay(init_value=0.5, transition_begin=50,
@@ -19,7 +19,9 @@ starts at ``init_to_median`` with standard deviations 0.1; float32):
   (1 for 8 steps, then ``1 / (t - 6)`` down to 0.1: full Newton / VON steps
   while far from the optimum, then a running mean of the curvature and of the
   mean's steps): "hessian" Dense n=32 and n=8, each with ``curvature_samples=2``
-  (``g_mu`` from all draws, ``H`` from one antithetic pair);
+  (``g_mu`` from all draws, ``H`` from one antithetic pair), and "stein" Dense
+  n=64 (32 antithetic pairs along orthogonal directions: a whole frame for
+  p <= 32, so the curvature has no cross-direction noise);
 * SVI + ``optax.adam`` (as ``optax.inject_hyperparams(optax.adam)``, so one
   executable serves every learning rate), ``Trace_ELBO()`` (one particle) on
   AutoMultivariateNormal, AutoLowRankMultivariateNormal(rank=k) and
@@ -139,6 +141,7 @@ NGVI_VARIANTS = (
     ("stein", "block_upper", 16, {}, "decay"),
     ("hessian", "dense", 32, {"curvature_samples": 2}, "newton"),
     ("hessian", "dense", 8, {"curvature_samples": 2}, "newton"),
+    ("stein", "dense", 64, {}, "newton"),
 )
 LEARNING_RATES = (1e-3, 1e-2, 3e-2)
 AUTOGUIDES = {

@@ -113,13 +113,19 @@ def test_dtypes_with_schedule(x64, dtype):
 def test_estimators_on_logistic_regression(estimator, logistic):
     """Every estimator runs a few steps on the 31-dimensional logistic regression
     (Gauss-Newton through the per-example likelihood of ``obs``) with finite
-    parameters and a falling loss."""
+    parameters and a falling loss. Values alone ("zeroth_order") need a smaller
+    step (MATH.md sec. 5): at the default 0.5 its loss rose over 10 steps at 2
+    of 8 seeds; at 0.1 the mean of the last 5 of 20 losses was 0.04-0.23 of the
+    first at all 8."""
     guide, data, result = logistic
     if estimator != "hessian":
         guide = StructuredGaussian(logistic_regression.model)
-        result = NGVI(logistic_regression.model, guide, estimator=estimator).run(KEY, 10, progress_bar=False, **data)
+        settings = {"step_size": 0.1} if estimator == "zeroth_order" else {}
+        optimiser = NGVI(logistic_regression.model, guide, estimator=estimator, **settings)
+        result = optimiser.run(KEY, 20 if settings else 10, progress_bar=False, **data)
     assert all(np.all(np.isfinite(v)) for v in result.params.values())
-    assert np.all(np.isfinite(result.losses)) and result.losses[-1] < 0.5 * result.losses[0]
+    losses = result.losses
+    assert np.all(np.isfinite(losses)) and np.mean(losses[-5:]) < 0.5 * losses[0]
 
 
 @pytest.mark.parametrize("group", [groups.Dense(), groups.BlockUpperTriangular(2)], ids=["dense", "block_upper"])
