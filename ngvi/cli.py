@@ -74,6 +74,7 @@ def _parser():
     fit.add_argument("--num-samples", type=int, default=8, help="Monte-Carlo samples per step")
     fit.add_argument("--draws", type=int, default=2000, help="posterior draws for the summary")
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--laplace", action="store_true", help="start at the MAP with the Laplace precision (warm_start='laplace')")
     fit.add_argument("--compare-nuts", action="store_true", help="also run NUTS and print both side by side")
     fit.add_argument("--out", type=Path, help="directory for InferenceData (netCDF) and plots")
     fit.add_argument("--x64", action="store_true", help="use float64")
@@ -130,7 +131,10 @@ def fit(options):
     module = load_model(options.model)
     data = module.data()
     guide = StructuredGaussian(module.model, group=parse_group(options.group))
-    ngvi = NGVI(module.model, guide, step_size=options.step_size, num_samples=options.num_samples, estimator=options.estimator)
+    ngvi = NGVI(
+        module.model, guide, step_size=options.step_size, num_samples=options.num_samples,
+        estimator=options.estimator, warm_start="laplace" if options.laplace else None,
+    )
     fit_key, draw_key, nuts_key = jax.random.split(jax.random.PRNGKey(options.seed), 3)
     start = time.perf_counter()
     result = ngvi.run(fit_key, options.steps, **data)

@@ -22,7 +22,7 @@ from ngvi.curvature import Curvature, DenseCurvature, HessianCurvature, LowRankC
 
 __all__ = [
     "Target", "Estimate", "ESTIMATORS", "hessian", "stein", "gauss_newton", "zeroth_order",
-    "gaussian_samples", "orthogonal_normals",
+    "gaussian_samples", "orthogonal_normals", "hessian_curvature",
 ]
 
 
@@ -111,14 +111,20 @@ def hessian(key, target, group, loc, factor, num_samples, gamma, probes=None, cu
     sample_key, probe_key = jax.random.split(key)
     _, z = gaussian_samples(sample_key, group, loc, factor, num_samples)
     values, grads = _values_and_grads(target.potential, z)
-    dim = loc.shape[-1]
-    hvp = _mean_hvp(target.potential, z[: _check_curvature_samples(curvature_samples, num_samples)])
-    if probes is None and group.dense_curvature:
-        curvature = DenseCurvature(jax.vmap(hvp)(jnp.eye(dim, dtype=loc.dtype)))
-    else:
-        rademacher = None if probes is None else jax.random.rademacher(probe_key, (probes, dim), loc.dtype)
-        curvature = HessianCurvature(hvp, dim, loc.dtype, rademacher)
+    rademacher = None if probes is None else jax.random.rademacher(probe_key, (probes, loc.shape[-1]), loc.dtype)
+    z_curvature = z[: _check_curvature_samples(curvature_samples, num_samples)]
+    curvature = hessian_curvature(target.potential, z_curvature, group, rademacher)
     return _estimate(values, jnp.mean(grads, axis=0), curvature, group, factor, gamma)
+
+
+def hessian_curvature(fn, z, group, probes=None):
+    """``H = mean_n hess fn(z_n)`` as the operator ``group`` reads: a matrix
+    (``p`` products per point) for a full-matrix group without ``probes``,
+    otherwise products on demand (Hutchinson ``probes``, ``(n, p)``, if given)."""
+    hvp, (dim,) = _mean_hvp(fn, z), z.shape[1:]
+    if probes is None and group.dense_curvature:
+        return DenseCurvature(jax.vmap(hvp)(jnp.eye(dim, dtype=z.dtype)))
+    return HessianCurvature(hvp, dim, z.dtype, probes)
 
 
 def _check_curvature_samples(curvature_samples, num_samples):

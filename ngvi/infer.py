@@ -14,10 +14,15 @@ from tqdm import tqdm
 
 from ngvi.estimators import ESTIMATORS, Target
 from ngvi.guides.mixture import StructuredGaussianMixture
+from ngvi.laplace import laplace_start
 from ngvi.ngd import is_finite, natural_gradient_step
 from ngvi.target import check_initial_point, make_target
 
 __all__ = ["NGVI", "NGVIState", "NGVIRunResult"]
+
+# A Laplace warm start is accepted within this many standard deviations of the
+# mode (one Newton step) and with a last factor step of at most this spectral norm.
+LAPLACE_LOC_TOLERANCE, LAPLACE_FACTOR_TOLERANCE = 0.1, 1e-2
 
 
 class NGVIState(NamedTuple):
@@ -63,6 +68,10 @@ class NGVI:
         (:func:`ngvi.ngd.natural_gradient_step`).
     :param loc_trust_radius: the same bound for the mean step, in standard
         deviations of the updated posterior.
+    :param warm_start: ``None`` (start at the guide's ``init_loc_fn`` and
+        ``init_scale``) or ``"laplace"``: start at the MAP with the group's
+        closest match to the Laplace precision there (:mod:`ngvi.laplace`;
+        single Gaussian guides; with data subsampling, the MAP of one subsample).
     """
 
     def __init__(
@@ -75,8 +84,13 @@ class NGVI:
         gamma=1.0,
         trust_radius=1.0,
         loc_trust_radius=10.0,
+        warm_start=None,
         **estimator_kwargs,
     ):
+        if warm_start not in (None, "laplace"):
+            raise ValueError(f"warm_start must be None or 'laplace', got {warm_start!r}.")
+        if warm_start and isinstance(guide, StructuredGaussianMixture):
+            raise ValueError("warm_start='laplace' needs a StructuredGaussian guide; place a mixture with ngvi.find_modes.")
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}.")
         if int(num_samples) != num_samples or num_samples < 1:
@@ -88,7 +102,7 @@ class NGVI:
         self.model, self.guide = model, guide
         self.step_size, self.num_samples, self.gamma = step_size, num_samples, gamma
         self.trust_radius, self.loc_trust_radius = trust_radius, loc_trust_radius
-        self.estimator = estimator
+        self.estimator, self.warm_start = estimator, warm_start
         self._estimate = partial(ESTIMATORS[estimator], **estimator_kwargs)
 
     def _beta(self, step):
@@ -98,15 +112,35 @@ class NGVI:
         """Set up the guide on the model's arguments and return the initial state.
 
         Raises ``ValueError`` for discrete latent sites, a group that does not fit
-        the latent dimension, or a log density that is not finite at the start."""
+        the latent dimension, a log density that is not finite at the start, or a
+        Laplace warm start without a finite mode and positive curvature there."""
         init_key, check_key, state_key = jax.random.split(rng_key, 3)
         with handlers.block():
             handlers.seed(self.guide, init_key)(*args, **kwargs)
         loc, factor, *log_weights = self.guide.init_params()
         first_loc = loc[0] if self._is_mixture else loc
         check_initial_point(self.guide, check_key, first_loc, args, kwargs)
+        if self.warm_start == "laplace":
+            loc, factor = self._laplace_start(check_key, loc, factor, args, kwargs)
         zero = jnp.zeros((), jnp.int32)
         return NGVIState(loc, factor, zero, zero, state_key, *log_weights)
+
+    def _laplace_start(self, rng_key, loc, factor, args, kwargs):
+        """``(mu_0, B_0)`` of :func:`ngvi.laplace.laplace_start`, or a ``ValueError`` saying which search failed."""
+        model_key, fit_key = jax.random.split(rng_key)
+        potential = make_target(self.guide, model_key, args, kwargs).potential
+        start = jax.jit(partial(laplace_start, potential=potential, group=self.guide.group))(fit_key, loc=loc, factor=factor)
+        if not (is_finite(start.loc, start.factor) and start.factor_error < LAPLACE_FACTOR_TOLERANCE):
+            raise ValueError(
+                "warm_start='laplace': the Hessian of -log p where the MAP search ended is not positive definite "
+                "(a flat direction, a saddle, or no finite mode); start without a warm start."
+            )
+        if not start.loc_error < LAPLACE_LOC_TOLERANCE:
+            raise ValueError(
+                f"warm_start='laplace': the MAP search did not converge in {int(start.map_iterations)} L-BFGS "
+                f"iterations (it ended {float(start.loc_error):.3g} standard deviations from a stationary point)."
+            )
+        return start.loc, start.factor
 
     @property
     def _is_mixture(self):

@@ -152,10 +152,11 @@ def test_side_by_side_table():
 
 def test_module_entry_point_with_model_file(tmp_path):
     """``python -m ngvi fit PATH.py`` fits a file defining ``model`` and ``data()`` in a
-    fresh interpreter; without ``--compare-nuts``, ``--out`` writes only ngvi.nc and loss.png."""
+    fresh interpreter (from a Laplace warm start); without ``--compare-nuts``, ``--out``
+    writes only ngvi.nc and loss.png."""
     path, out = tmp_path / "my_model.py", tmp_path / "out"
     path.write_text(MODEL_FILE)
-    argv = ["fit", str(path), "--group", "diagonal", "--steps", "30", "--draws", "100", "--out", str(out)]
+    argv = ["fit", str(path), "--group", "diagonal", "--steps", "30", "--draws", "100", "--laplace", "--out", str(out)]
     done = subprocess.run([sys.executable, "-m", "ngvi", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Diagonal()" in done.stdout
