@@ -14,15 +14,11 @@ from tqdm import tqdm
 
 from ngvi.estimators import ESTIMATORS, Target
 from ngvi.guides.mixture import StructuredGaussianMixture
-from ngvi.laplace import laplace_start
+from ngvi.laplace import check_laplace_start, laplace_start
 from ngvi.ngd import is_finite, natural_gradient_step
 from ngvi.target import check_initial_point, make_target
 
 __all__ = ["NGVI", "NGVIState", "NGVIRunResult"]
-
-# A Laplace warm start is accepted within this many standard deviations of the
-# mode (one Newton step) and with a last factor step of at most this spectral norm.
-LAPLACE_LOC_TOLERANCE, LAPLACE_FACTOR_TOLERANCE = 0.1, 1e-2
 
 
 class NGVIState(NamedTuple):
@@ -126,20 +122,11 @@ class NGVI:
         return NGVIState(loc, factor, zero, zero, state_key, *log_weights)
 
     def _laplace_start(self, rng_key, loc, factor, args, kwargs):
-        """``(mu_0, B_0)`` of :func:`ngvi.laplace.laplace_start`, or a ``ValueError`` saying which search failed."""
+        """``(mu_0, B_0)`` of :func:`ngvi.laplace.laplace_start`."""
         model_key, fit_key = jax.random.split(rng_key)
         potential = make_target(self.guide, model_key, args, kwargs).potential
         start = jax.jit(partial(laplace_start, potential=potential, group=self.guide.group))(fit_key, loc=loc, factor=factor)
-        if not (is_finite(start.loc, start.factor) and start.factor_error < LAPLACE_FACTOR_TOLERANCE):
-            raise ValueError(
-                "warm_start='laplace': the Hessian of -log p where the MAP search ended is not positive definite "
-                "(a flat direction, a saddle, or no finite mode); start without a warm start."
-            )
-        if not start.loc_error < LAPLACE_LOC_TOLERANCE:
-            raise ValueError(
-                f"warm_start='laplace': the MAP search did not converge in {int(start.map_iterations)} L-BFGS "
-                f"iterations (it ended {float(start.loc_error):.3g} standard deviations from a stationary point)."
-            )
+        check_laplace_start(start)
         return start.loc, start.factor
 
     @property

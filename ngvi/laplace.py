@@ -19,9 +19,13 @@ import optax
 import optax.tree_utils as otu
 
 from ngvi.estimators import Estimate, hessian_curvature
-from ngvi.ngd import natural_gradient_step
+from ngvi.ngd import is_finite, natural_gradient_step
 
-__all__ = ["LaplaceStart", "laplace_start", "find_map", "fit_factor"]
+__all__ = ["LaplaceStart", "laplace_start", "check_laplace_start", "find_map", "fit_factor"]
+
+# A start is accepted within this many standard deviations of the mode (one
+# Newton step) and with a last factor step of at most this spectral norm.
+LOC_TOLERANCE, FACTOR_TOLERANCE = 0.1, 1e-2
 
 
 class LaplaceStart(NamedTuple):
@@ -91,3 +95,17 @@ def laplace_start(key, potential, group, loc, factor, max_iterations=1000):
     factor, factor_iterations, factor_error = fit_factor(key, group, mode, factor, curvature)
     loc_error = jnp.linalg.norm(group.solve(factor, jax.grad(potential)(mode)))
     return LaplaceStart(mode, factor, map_iterations, factor_iterations, loc_error, factor_error)
+
+
+def check_laplace_start(start):
+    """Raise ``ValueError`` saying which search failed (call outside jit)."""
+    if not (is_finite(start.loc, start.factor) and start.factor_error < FACTOR_TOLERANCE):
+        raise ValueError(
+            "warm_start='laplace': the Hessian of -log p where the MAP search ended is not positive definite "
+            "(a flat direction, a saddle, or no finite mode); start without a warm start."
+        )
+    if not start.loc_error < LOC_TOLERANCE:
+        raise ValueError(
+            f"warm_start='laplace': the MAP search did not converge in {int(start.map_iterations)} L-BFGS "
+            f"iterations (it ended {float(start.loc_error):.3g} standard deviations from a stationary point)."
+        )
