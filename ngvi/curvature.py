@@ -93,13 +93,20 @@ class HessianCurvature(Curvature):
     ``H ~ sym(mean_i r_i (H r_i)^T)`` (``n`` products).
     """
 
-    def __init__(self, hvp, dim, dtype, probes=None):
-        self.hvp, self.dim, self.dtype, self.probes = hvp, dim, dtype, probes
+    def __init__(self, hvp, dim, dtype, probes=None, diagonal=None):
+        self.hvp, self.dim, self.dtype, self.probes, self._diagonal = hvp, dim, dtype, probes, diagonal
+
+    def with_diagonal(self):
+        """The same operator with ``diag(H)`` computed once (for a curvature that
+        is read many times, e.g. the Laplace start's fixed-point iteration)."""
+        return HessianCurvature(self.hvp, self.dim, self.dtype, self.probes, self.diagonal())
 
     def matvec(self, v):
         return self.hvp(v)
 
     def diagonal(self):
+        if self._diagonal is not None:
+            return self._diagonal
         if self.probes is None:
             basis = lambda i: jax.nn.one_hot(i, self.dim, dtype=self.dtype)
             return jax.lax.map(lambda i: self.hvp(basis(i))[i], jnp.arange(self.dim))

@@ -14,6 +14,7 @@ from fitting import dense_covariance, gaussian_model, make_ngvi, potential
 from group_cases import CASES, IDS, algebra_basis, random_element
 from models import linear_regression, logistic_regression
 from ngvi import NGVI, StructuredGaussianMixture, groups
+from ngvi.laplace import LaplaceStart, check_laplace_start
 
 
 def laplace_init(model, data, group, seed=0):
@@ -133,6 +134,14 @@ def test_posteriors_without_a_laplace_approximation_are_named(model):
     _, ngvi = make_ngvi(model, groups.Dense(), warm_start="laplace")
     with pytest.raises(ValueError, match="not positive definite"):
         ngvi.init(jax.random.PRNGKey(0))
+
+
+def test_unconverged_map_search_is_named():
+    """A start whose end point is still 0.5 sd from a stationary point is refused."""
+    one = jnp.ones(())
+    start = LaplaceStart(jnp.zeros(2), jnp.eye(2), 1000 * one, 5 * one, 0.5 * one, 1e-8 * one)
+    with pytest.raises(ValueError, match="did not converge in 1000 L-BFGS iterations"):
+        check_laplace_start(start)
 
 
 def test_bad_options():
