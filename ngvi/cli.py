@@ -141,7 +141,8 @@ def fit(options):
     jax.block_until_ready(result.state)
     vi_seconds = time.perf_counter() - start
     idata = to_inference_data(guide, result.params, num_samples=options.draws, rng_key=draw_key, losses=result.losses, **data)
-    print(f"\nngvi: {options.model}, group {guide.group!r}, estimator {options.estimator}, {options.steps} steps "
+    start_text = ", from a Laplace start" if options.laplace else ""
+    print(f"\nngvi: {options.model}, group {guide.group!r}, estimator {options.estimator}, {options.steps} steps{start_text} "
           f"in {vi_seconds:.1f} s, rejected steps {int(result.state.num_rejected)}, "
           f"final loss {float(result.losses[-50:].mean()):.3f}, Pareto k {idata.attrs['pareto_k']:.2f}")
     print(az.summary(idata, kind="stats").to_string())

@@ -159,7 +159,7 @@ def test_module_entry_point_with_model_file(tmp_path):
     argv = ["fit", str(path), "--group", "diagonal", "--steps", "30", "--draws", "100", "--laplace", "--out", str(out)]
     done = subprocess.run([sys.executable, "-m", "ngvi", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "Diagonal()" in done.stdout
+    assert "Diagonal()" in done.stdout and "from a Laplace start" in done.stdout
     assert {"loc", "scale"} <= {line.split()[0] for line in done.stdout.splitlines() if line.strip()}
     assert {p.name for p in out.iterdir()} == {"ngvi.nc", "loss.png"}
     assert abs(float(az.from_netcdf(str(out / "ngvi.nc")).posterior["loc"].mean()) - 2.0) < 0.3
