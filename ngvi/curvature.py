@@ -16,7 +16,7 @@ import abc
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Curvature", "DenseCurvature", "HessianCurvature", "LowRankCurvature", "SumCurvature"]
+__all__ = ["Curvature", "DenseCurvature", "EvaluatedCurvature", "HessianCurvature", "LowRankCurvature", "SumCurvature"]
 
 
 class Curvature(abc.ABC):
@@ -37,6 +37,12 @@ class Curvature(abc.ABC):
     @abc.abstractmethod
     def factors(self):
         """``(P, Q)``, each ``(n, p)``, with ``H = (P^T Q + Q^T P) / 2``."""
+
+    def evaluated(self):
+        """The same ``H`` with ``diagonal()`` and ``factors()`` computed once, for
+        a curvature read many times (the Laplace start's fixed-point iteration);
+        under jit, whichever of them the reader never calls is dropped."""
+        return EvaluatedCurvature(self.matvec, self.diagonal(), self.factors())
 
 
 class LowRankCurvature(Curvature):
@@ -93,20 +99,13 @@ class HessianCurvature(Curvature):
     ``H ~ sym(mean_i r_i (H r_i)^T)`` (``n`` products).
     """
 
-    def __init__(self, hvp, dim, dtype, probes=None, diagonal=None):
-        self.hvp, self.dim, self.dtype, self.probes, self._diagonal = hvp, dim, dtype, probes, diagonal
-
-    def with_diagonal(self):
-        """The same operator with ``diag(H)`` computed once (for a curvature that
-        is read many times, e.g. the Laplace start's fixed-point iteration)."""
-        return HessianCurvature(self.hvp, self.dim, self.dtype, self.probes, self.diagonal())
+    def __init__(self, hvp, dim, dtype, probes=None):
+        self.hvp, self.dim, self.dtype, self.probes = hvp, dim, dtype, probes
 
     def matvec(self, v):
         return self.hvp(v)
 
     def diagonal(self):
-        if self._diagonal is not None:
-            return self._diagonal
         if self.probes is None:
             basis = lambda i: jax.nn.one_hot(i, self.dim, dtype=self.dtype)
             return jax.lax.map(lambda i: self.hvp(basis(i))[i], jnp.arange(self.dim))
@@ -118,6 +117,22 @@ class HessianCurvature(Curvature):
             return eye, jax.vmap(self.hvp)(eye)
         scaled = self.probes / jnp.sqrt(self.probes.shape[0])
         return scaled, jax.vmap(self.hvp)(scaled)
+
+
+class EvaluatedCurvature(Curvature):
+    """Products by ``matvec``; the diagonal and factors given as arrays."""
+
+    def __init__(self, matvec, diagonal, factors):
+        self._matvec, self._diagonal, self._factors = matvec, diagonal, factors
+
+    def matvec(self, v):
+        return self._matvec(v)
+
+    def diagonal(self):
+        return self._diagonal
+
+    def factors(self):
+        return self._factors
 
 
 class SumCurvature(Curvature):

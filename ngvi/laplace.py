@@ -9,9 +9,10 @@ group the fixed point is ``B_0 B_0^T = H``, the Laplace approximation; for a
 structured group it is the member of the family closest to ``N(mu_0, H^-1)`` in
 ``KL(q || .)`` (e.g. ``diag(H)`` for :class:`ngvi.groups.Diagonal`). The
 curvature is read as the step reads it, through Hessian-vector products at
-``mu_0``, with ``diag(H)`` (``p`` products) taken once: a block group then
+``mu_0``, with ``diag(H)`` and the factors of ``H`` (``p`` products each)
+taken once (:meth:`ngvi.curvature.Curvature.evaluated`): a block group then
 costs ``k + 9`` products per iteration. The Kronecker, Toeplitz and sparse
-groups read ``H`` through ``p`` products (``p x p`` numbers), as their exact
+groups read ``H`` through its factors (``p x p`` numbers), as their exact
 ``"hessian"`` steps do.
 """
 
@@ -22,7 +23,6 @@ import jax.numpy as jnp
 import optax
 import optax.tree_utils as otu
 
-from ngvi.curvature import HessianCurvature
 from ngvi.estimators import Estimate, hessian_curvature
 from ngvi.ngd import is_finite, natural_gradient_step
 
@@ -96,9 +96,7 @@ def fit_factor(key, group, loc, factor, curvature, max_iterations=200):
 def laplace_start(key, potential, group, loc, factor, max_iterations=1000):
     """The warm start (:class:`LaplaceStart`) from the guide's initial ``loc`` and ``factor``."""
     mode, map_iterations = find_map(potential, loc, max_iterations)
-    curvature = hessian_curvature(potential, mode[None], group)
-    if isinstance(curvature, HessianCurvature):
-        curvature = curvature.with_diagonal()
+    curvature = hessian_curvature(potential, mode[None], group).evaluated()
     factor, factor_iterations, factor_error = fit_factor(key, group, mode, factor, curvature)
     loc_error = jnp.linalg.norm(group.solve(factor, jax.grad(potential)(mode)))
     return LaplaceStart(mode, factor, map_iterations, factor_iterations, loc_error, factor_error)
