@@ -66,7 +66,7 @@ import optax  # noqa: E402
 from numpyro.infer import SVI, init_to_value  # noqa: E402
 from scipy import optimize, stats  # noqa: E402
 
-from models import mixture_t as mt  # noqa: E402
+from ngvi.models import mixture_t as mt  # noqa: E402
 from ngvi import NGVI, MixtureELBO, StructuredGaussian, StructuredGaussianMixture, find_modes, groups  # noqa: E402
 
 FULL = dict(dim=80, starts=200, descent_steps=2000, descent_rate=0.5, steps=3000, chunk=500, num_samples=8,

@@ -104,7 +104,7 @@ from numpyro.infer.util import potential_energy  # noqa: E402
 
 import ngvi.estimators as estimators  # noqa: E402
 from _util import time_runs  # noqa: E402
-from models.reference import load_reference  # noqa: E402
+from ngvi.models.reference import load_reference  # noqa: E402
 from ngvi import NGVI, StructuredGaussian, groups  # noqa: E402
 
 RANK = {"eight_schools": 2, "logistic_regression": 4, "linear_regression": 2}
@@ -362,7 +362,7 @@ def result_row(method, trace, best_elbo, kw, check):
 
 def benchmark_model(name, config, seed):
     """Run every method on model ``name``; return the JSON-ready result."""
-    module = importlib.import_module(f"models.{name}")
+    module = importlib.import_module(f"ngvi.models.{name}")
     kw, k = module.data(), RANK[name]
     init_key, check_key = jax.random.split(jax.random.PRNGKey(seed))
     methods = list(ngvi_methods(module, kw, k, init_key, config["count"]))

@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m models.make_references [model ...]
+    python -m ngvi.models.make_references [model ...]
 
 Each JSON file holds the sampler settings and diagnostics, the posterior mean
 and sd of every latent and deterministic site in the constrained space, and
@@ -26,7 +26,7 @@ from numpyro.diagnostics import summary  # noqa: E402
 from numpyro.distributions.transforms import biject_to  # noqa: E402
 from numpyro.infer import MCMC, NUTS  # noqa: E402
 
-from models.reference import REFERENCE_DIR  # noqa: E402
+from ngvi.models.reference import REFERENCE_DIR  # noqa: E402
 
 SETTINGS = {
     "eight_schools": dict(
@@ -73,7 +73,7 @@ def run_nuts(model, kwargs, num_warmup, num_samples, target_accept_prob, seed):
 
 def make_reference(name):
     """Sample model ``name`` with NUTS and summarise the posterior as a dict."""
-    module = importlib.import_module(f"models.{name}")
+    module = importlib.import_module(f"ngvi.models.{name}")
     kwargs = module.data()
     settings = SETTINGS[name]
     latent, deterministic = trace_sites(module.model, kwargs)

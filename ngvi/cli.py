@@ -53,7 +53,7 @@ def load_model(name):
         spec.loader.exec_module(module)
     else:
         try:
-            module = importlib.import_module(f"models.{name}")
+            module = importlib.import_module(f"ngvi.models.{name}")
         except ModuleNotFoundError as err:
             raise ValueError(f"no model {name!r}: give a name in models/ or a path to a .py file") from err
     for attr in ("model", "data"):

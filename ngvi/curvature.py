@@ -9,6 +9,11 @@ group computes just the entries of ``X = B^-1 H B^-T - gamma I`` it needs:
 * ``factors()``: ``(P, Q)`` with ``H = sym(P^T Q) = (P^T Q + Q^T P) / 2``, the
   form used by groups that need sums over many entries (Kronecker partial
   traces, Toeplitz diagonals, sparse patterns).
+
+Each operator also keeps ``num_grads``: the gradient evaluations of ``l`` its
+products have cost so far (a Hessian-vector product at ``m`` points counts as
+``2 m``), tallied as the step is traced, so that the algorithms can report
+the cost of a step honestly.
 """
 
 import abc
@@ -38,11 +43,17 @@ class Curvature(abc.ABC):
     def factors(self):
         """``(P, Q)``, each ``(n, p)``, with ``H = (P^T Q + Q^T P) / 2``."""
 
+    @property
+    def num_grads(self):
+        """Gradient evaluations spent on this estimate's products so far (none
+        for the estimates made of gradients already counted)."""
+        return 0
+
     def evaluated(self):
         """The same ``H`` with ``diagonal()`` and ``factors()`` computed once, for
         a curvature read many times (the Laplace start's fixed-point iteration);
         under jit, whichever of them the reader never calls is dropped."""
-        return EvaluatedCurvature(self.matvec, self.diagonal(), self.factors())
+        return EvaluatedCurvature(self, self.diagonal(), self.factors())
 
 
 class LowRankCurvature(Curvature):
@@ -73,8 +84,13 @@ class DenseCurvature(Curvature):
     step reads every entry of ``H`` anyway (``O(p^3)``), so the step control's
     products cost no further Hessian-vector products."""
 
-    def __init__(self, matrix):
+    def __init__(self, matrix, num_grads=0):
         self.matrix = 0.5 * (matrix + matrix.T)
+        self._num_grads = num_grads
+
+    @property
+    def num_grads(self):
+        return self._num_grads
 
     def matvec(self, v):
         return self.matrix @ v
@@ -96,37 +112,60 @@ class HessianCurvature(Curvature):
     computed one at a time for the diagonal so that memory stays ``O(p)``);
     with ``probes`` an ``(n, p)`` array of Rademacher vectors they are the
     unbiased Hutchinson estimates ``diag(H) ~ mean_i r_i ⊙ H r_i`` and
-    ``H ~ sym(mean_i r_i (H r_i)^T)`` (``n`` products).
+    ``H ~ sym(mean_i r_i (H r_i)^T)`` (``n`` products). ``num_points`` is the
+    number of points ``hvp`` averages over (each product costs ``2 num_points``
+    gradient evaluations).
     """
 
-    def __init__(self, hvp, dim, dtype, probes=None):
-        self.hvp, self.dim, self.dtype, self.probes = hvp, dim, dtype, probes
+    def __init__(self, hvp, dim, dtype, probes=None, num_points=1):
+        self.hvp, self.dim, self.dtype, self.probes, self.num_points = hvp, dim, dtype, probes, num_points
+        self._num_products = 0
+
+    @property
+    def num_grads(self):
+        return 2 * self.num_points * self._num_products
+
+    def _products(self, vectors):
+        self._num_products += vectors.shape[0]
+        return jax.vmap(self.hvp)(vectors)
 
     def matvec(self, v):
+        self._num_products += 1
         return self.hvp(v)
+
+    def matmat(self, vectors):
+        return self._products(vectors)
 
     def diagonal(self):
         if self.probes is None:
             basis = lambda i: jax.nn.one_hot(i, self.dim, dtype=self.dtype)
+            self._num_products += self.dim
             return jax.lax.map(lambda i: self.hvp(basis(i))[i], jnp.arange(self.dim))
-        return jnp.mean(self.probes * jax.vmap(self.hvp)(self.probes), axis=0)
+        return jnp.mean(self.probes * self._products(self.probes), axis=0)
 
     def factors(self):
         if self.probes is None:
             eye = jnp.eye(self.dim, dtype=self.dtype)
-            return eye, jax.vmap(self.hvp)(eye)
+            return eye, self._products(eye)
         scaled = self.probes / jnp.sqrt(self.probes.shape[0])
-        return scaled, jax.vmap(self.hvp)(scaled)
+        return scaled, self._products(scaled)
 
 
 class EvaluatedCurvature(Curvature):
-    """Products by ``matvec``; the diagonal and factors given as arrays."""
+    """Products by ``source``; its diagonal and factors given as arrays."""
 
-    def __init__(self, matvec, diagonal, factors):
-        self._matvec, self._diagonal, self._factors = matvec, diagonal, factors
+    def __init__(self, source, diagonal, factors):
+        self._source, self._diagonal, self._factors = source, diagonal, factors
+
+    @property
+    def num_grads(self):
+        return self._source.num_grads
 
     def matvec(self, v):
-        return self._matvec(v)
+        return self._source.matvec(v)
+
+    def matmat(self, vectors):
+        return self._source.matmat(vectors)
 
     def diagonal(self):
         return self._diagonal
@@ -141,8 +180,15 @@ class SumCurvature(Curvature):
     def __init__(self, *parts):
         self.parts = parts
 
+    @property
+    def num_grads(self):
+        return sum(part.num_grads for part in self.parts)
+
     def matvec(self, v):
         return sum(part.matvec(v) for part in self.parts)
+
+    def matmat(self, vectors):
+        return sum(part.matmat(vectors) for part in self.parts)
 
     def diagonal(self):
         return sum(part.diagonal() for part in self.parts)

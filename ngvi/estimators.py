@@ -8,87 +8,53 @@ estimator returns (MATH.md sec. 3, 5)
 * ``grad_loc``: ``g_mu = E_q[grad l]``,
 * ``curvature``: an operator for ``H = E_q[hess l]`` (:mod:`ngvi.curvature`).
 
-``target`` is a :class:`Target`: ``l(z)`` and, for Gauss-Newton, the split of
-``l`` into a prior part and per-example negative log-likelihoods.
+``target`` is a :class:`ngvi.target.Target`: ``l(z)`` and, for Gauss-Newton,
+the split of ``l`` into a prior part and per-example log-likelihoods. Each
+estimator has the signature
+``(key, target, group, loc, factor, num_samples, gamma, **options) -> Estimate``.
 """
 
+import inspect
 import math
-from typing import Callable, NamedTuple, Optional
+from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from ngvi.curvature import Curvature, DenseCurvature, HessianCurvature, LowRankCurvature, SumCurvature
+from ngvi.gaussian import antithetic_normals, from_standard, neg_entropy
 
 __all__ = [
-    "Target", "Estimate", "ESTIMATORS", "hessian", "stein", "gauss_newton", "zeroth_order",
-    "gaussian_samples", "orthogonal_normals", "hessian_curvature",
+    "Estimate", "ESTIMATORS", "resolve", "hessian", "stein", "gauss_newton", "zeroth_order", "gaussian_samples",
+    "hessian_curvature",
 ]
 
 
-class Target(NamedTuple):
-    """``potential(z) = l(z) = -log p(x, z)`` on the flat unconstrained latent
-    vector; ``log_likelihood(z)``, if given, the per-example log-likelihoods of
-    the observed sites (a vector summing to ``log p(x | z)`` with any subsample
-    scaling applied)."""
-
-    potential: Callable
-    log_likelihood: Optional[Callable] = None
-
-
 class Estimate(NamedTuple):
+    """``num_grads``: the gradient (or value) evaluations of ``l`` the estimate
+    made itself; its curvature operator counts the products it is asked for."""
+
     loss: jax.Array
     grad_loc: jax.Array
     curvature: Curvature
-
-
-def orthogonal_normals(key, num, dim, dtype):
-    """``num`` draws from ``N(0, I_dim)`` that are orthogonal in blocks of
-    ``min(num, dim)`` (orthogonal Monte Carlo): Haar-random orthonormal directions
-    (Gram-Schmidt on Gaussian vectors) times independent ``chi_dim`` lengths.
-    Each draw is exactly ``N(0, I)``, so every estimate stays unbiased, but the
-    draws cover the directions evenly: ``sum eps eps^T`` is diagonal in the
-    drawn frame, which takes the cross-direction noise out of the Stein
-    curvature and of the gradient mean. Cost ``O(num min(num, dim) dim)``."""
-    block = min(num, dim)
-    direction_key, radius_key = jax.random.split(key)
-    gaussian = jax.random.normal(direction_key, (-(-num // block), block, dim), dtype)
-    directions = jax.vmap(_orthonormal_rows)(gaussian).reshape(-1, dim)[:num]
-    radii = jnp.sqrt(2.0 * jax.random.gamma(radius_key, dim / 2.0, (num,), dtype))
-    return directions * radii[:, None]
-
-
-def _orthonormal_rows(g):
-    """Gram-Schmidt (twice per row) on the rows of ``g``, ``k <= p``."""
-
-    def add_row(j, q):
-        v = g[j] - q.T @ (q @ g[j])
-        v = v - q.T @ (q @ v)
-        return q.at[j].set(v / jnp.linalg.norm(v))
-
-    return jax.lax.fori_loop(0, g.shape[0], add_row, jnp.zeros_like(g))
+    num_grads: int
 
 
 def gaussian_samples(key, group, loc, factor, num_samples):
-    """Antithetic ``eps`` (pairs ``eps_2i, eps_2i+1 = -eps_2i``, the pairs'
-    directions orthogonal, :func:`orthogonal_normals`) and ``z = mu + B^-T eps``."""
-    half = orthogonal_normals(key, (num_samples + 1) // 2, loc.shape[-1], loc.dtype)
-    eps = jnp.stack([half, -half], axis=1).reshape(-1, loc.shape[-1])[:num_samples]
-    return eps, loc + jax.vmap(lambda e: group.rsolve(factor, e))(eps)
-
-
-def neg_entropy(group, factor, dim):
-    """``E_q[log q] = -p (1 + log 2 pi) / 2 + log |det B|``."""
-    return -0.5 * dim * (1.0 + math.log(2 * math.pi)) + group.logdet(factor)
+    """Antithetic orthogonal ``eps`` (:func:`ngvi.gaussian.antithetic_normals`)
+    and ``z = mu + B^-T eps``."""
+    eps = antithetic_normals(key, num_samples, loc.shape[-1], loc.dtype)
+    return eps, from_standard(group, loc, factor, eps)
 
 
 def _values_and_grads(potential, z):
     return jax.vmap(jax.value_and_grad(potential))(z)
 
 
-def _estimate(values, grad_loc, curvature, group, factor, gamma):
+def _estimate(values, grad_loc, curvature, group, factor, gamma, num_grads=None):
     loss = jnp.mean(values) + gamma * neg_entropy(group, factor, grad_loc.shape[-1])
-    return Estimate(loss, grad_loc, curvature)
+    return Estimate(loss, grad_loc, curvature, values.shape[0] if num_grads is None else num_grads)
 
 
 def _mean_hvp(fn, z):
@@ -121,10 +87,10 @@ def hessian_curvature(fn, z, group, probes=None):
     """``H = mean_n hess fn(z_n)`` as the operator ``group`` reads: a matrix
     (``p`` products per point) for a full-matrix group without ``probes``,
     otherwise products on demand (Hutchinson ``probes``, ``(n, p)``, if given)."""
-    hvp, (dim,) = _mean_hvp(fn, z), z.shape[1:]
+    hvp, (num, dim) = _mean_hvp(fn, z), z.shape
     if probes is None and group.dense_curvature:
-        return DenseCurvature(jax.vmap(hvp)(jnp.eye(dim, dtype=z.dtype)))
-    return HessianCurvature(hvp, dim, z.dtype, probes)
+        return DenseCurvature(jax.vmap(hvp)(jnp.eye(dim, dtype=z.dtype)), num_grads=2 * num * dim)
+    return HessianCurvature(hvp, dim, z.dtype, probes, num_points=num)
 
 
 def _check_curvature_samples(curvature_samples, num_samples):
@@ -155,12 +121,15 @@ def gauss_newton(key, target, group, loc, factor, num_samples, gamma):
     values, grads = _values_and_grads(target.potential, z)
     prior = lambda zi: target.potential(zi) + jnp.sum(target.log_likelihood(zi))
     per_example = jax.vmap(jax.jacrev(target.log_likelihood))(z)  # (n, N, p)
+    num_examples = per_example.shape[1]
     per_example = per_example.reshape(-1, loc.shape[-1]) / math.sqrt(num_samples)
     curvature = SumCurvature(
-        HessianCurvature(_mean_hvp(prior, z), loc.shape[-1], loc.dtype),
+        HessianCurvature(_mean_hvp(prior, z), loc.shape[-1], loc.dtype, num_points=num_samples),
         LowRankCurvature(per_example, per_example),
     )
-    return _estimate(values, jnp.mean(grads, axis=0), curvature, group, factor, gamma)
+    # jacrev takes one reverse pass per example and draw
+    num_grads = num_samples * (1 + num_examples)
+    return _estimate(values, jnp.mean(grads, axis=0), curvature, group, factor, gamma, num_grads)
 
 
 def zeroth_order(key, target, group, loc, factor, num_samples, gamma):
@@ -177,3 +146,20 @@ def zeroth_order(key, target, group, loc, factor, num_samples, gamma):
 
 
 ESTIMATORS = {"hessian": hessian, "stein": stein, "gauss_newton": gauss_newton, "zeroth_order": zeroth_order}
+
+
+def resolve(estimator, **options):
+    """The estimator named ``estimator`` (a key of :data:`ESTIMATORS`, or a
+    function of the estimators' signature) with its ``options`` bound; a
+    ``ValueError`` names an unknown estimator or an option it does not take."""
+    if not callable(estimator):
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}.")
+        estimator_name, estimator = estimator, ESTIMATORS[estimator]
+    else:
+        estimator_name = getattr(estimator, "__name__", repr(estimator))
+    try:
+        inspect.signature(estimator).bind_partial(**options)
+    except TypeError as err:
+        raise ValueError(f"estimator={estimator_name!r} does not take {sorted(options)}: {err}.") from None
+    return partial(estimator, **options) if options else estimator

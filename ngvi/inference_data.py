@@ -36,7 +36,7 @@ def importance_diagnostics(guide, params, rng_key, latent, *args, **kwargs):
     """Log importance ratios ``log p(x, z) - log q(z)`` at flat latent draws and
     the Pareto ``k`` of their PSIS smoothing (``k > 0.7``: the guide misses
     mass of the posterior; Yao et al., 2018)."""
-    target = make_target(guide, rng_key, args, kwargs)
+    target = make_target(guide.model, guide, rng_key, args, kwargs)
     log_joint = -jax.vmap(target.potential)(latent)
     log_ratio = np.asarray(log_joint - guide.get_posterior(params).log_prob(latent), dtype=np.float64)
     _, pareto_k = az.psislw(log_ratio - log_ratio.max())

@@ -77,7 +77,7 @@ def find_modes(model, starts, *args, num_steps=2000, learning_rate=0.5, barrier=
         raise ValueError(
             f"starts must have shape (n, {guide.latent_dim}) (starts x latent dimension), got {starts.shape}."
         )
-    potential = make_target(guide, key, args, kwargs).potential
+    potential = make_target(model, guide, key, args, kwargs).potential
     ends = _descend(potential, starts, num_steps, learning_rate)
     values = jax.vmap(potential)(ends)
     finite = np.flatnonzero(np.isfinite(np.asarray(values)))

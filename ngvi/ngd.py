@@ -44,41 +44,36 @@ def _clip(norm, radius):
     return jnp.minimum(1.0, radius / jnp.maximum(norm, jnp.finfo(norm.dtype).tiny))
 
 
-def _line_minimiser(estimate, direction, extra_curvature):
+def _line_minimiser(estimate, direction):
     """``alpha* = g^T d / d^T H d``: the minimiser of the quadratic model of
     ``E_q[l](mu - alpha d)`` along ``d = S_new^-1 g_mu`` (infinite where
     ``d^T H d <= 0``); ``alpha* = 1`` when ``S_new`` equals the curvature, less
     when a structured ``S_new`` misses curvature the step runs into."""
-    curvature = jnp.vdot(direction, estimate.curvature.matvec(direction)) + extra_curvature(direction)
+    curvature = jnp.vdot(direction, estimate.curvature.matvec(direction))
     gain = jnp.vdot(estimate.grad_loc, direction)
     return jnp.where(curvature > 0, gain / jnp.where(curvature > 0, curvature, 1.0), jnp.inf)
 
 
-def _factor_line_minimiser(key, group, factor, curvature, direction, num_probes, entropy_weight):
+def _factor_line_minimiser(key, group, factor, curvature, direction, num_probes):
     """``t* = <X, N> / f''(0)`` for ``f(t) = L(B h(t N))`` under the quadratic
     model ``E_q[l] ~ tr(H S^-1) / 2``: with ``Y = B^-1 H B^-T``,
 
         f'(0) = -<X, N>_F = -<N, N>_Fisher,   f''(0) = tr(Y N^T N) + tr(Y N^2)
 
     (``log det h(tN)`` has no second-order term). The traces are Hutchinson
-    estimates with ``num_probes`` Rademacher vectors, two curvature products each.
+    estimates with ``num_probes`` Rademacher vectors ``v``: ``u^T Y u + v^T Y N^2 v``
+    with ``u = N^T v``, ``2 num_probes`` curvature products in one batch.
     ``t* = 1`` for a dense factor at ``Y = I``; it is small where ``Y`` has
     curvature the group cannot represent, and a step of ``beta > t*`` overshoots.
-    A mixture component's ``H`` carries ``-w S`` from ``gamma log q``; ``w I``
-    added to ``Y`` puts its own entropy back, probe by probe.
     """
-
-    def whitened(v):  # (Y + entropy_weight I) v
-        return group.solve(factor, curvature.matvec(group.rsolve(factor, v))) + entropy_weight * v
-
-    def second_derivative(v):
-        u = group.algebra_rmatvec(direction, v)
-        n2v = group.algebra_matvec(direction, group.algebra_matvec(direction, v))
-        return jnp.vdot(u, whitened(u)) + jnp.vdot(whitened(v), n2v)
-
     probes = jax.random.rademacher(key, (num_probes, group.dim(factor)), jax.tree.leaves(factor)[0].dtype)
+    us = jax.vmap(lambda v: group.algebra_rmatvec(direction, v))(probes)
+    n2v = jax.vmap(lambda v: group.algebra_matvec(direction, group.algebra_matvec(direction, v)))(probes)
+    rsolved = jax.vmap(lambda v: group.rsolve(factor, v))(jnp.concatenate([us, probes]))
+    whitened = jax.vmap(lambda v: group.solve(factor, v))(curvature.matmat(rsolved))  # rows Y u, Y v
+    y_u, y_v = whitened[:num_probes], whitened[num_probes:]
     first = group.fisher_norm_sq(direction)
-    second = jnp.mean(jax.vmap(second_derivative)(probes))
+    second = jnp.mean(jnp.sum(us * y_u, -1) + jnp.sum(y_v * n2v, -1))
     return jnp.where(second > 0, first / jnp.where(second > 0, second, 1.0), jnp.inf)
 
 
@@ -93,32 +88,25 @@ def natural_gradient_step(
     trust_radius=1.0,
     loc_trust_radius=10.0,
     num_probes=4,
-    entropy_weight=0.0,
 ):
     """One natural-gradient step from an :class:`ngvi.estimators.Estimate`.
 
-    ``entropy_weight`` adds ``entropy_weight * S`` to the curvature in the two
-    line minimisers only: a mixture component's loss ``f = l + gamma log q``
-    includes ``log q`` in its estimated curvature, and its step sizes use the
-    component's own Gaussian entropy as ``gamma E[log q]`` does for a single
-    Gaussian (so a one-component mixture takes exactly the single step).
-
-    Cost: one solve pair for the mean, the group's ``local_gradient`` and one
+    Cost: one solve pair for the mean, the group's ``local_gradient``, one
     retraction (``O(k^2 p)`` for block groups; no ``p x p`` matrix is formed
-    for a structured group). Returns ``(loc, factor, StepInfo)``.
+    for a structured group), and ``1 + 2 num_probes`` curvature products for
+    the two line minimisers. Returns ``(loc, factor, StepInfo)``.
     """
     root_dim = jnp.sqrt(jnp.asarray(loc.shape[-1], loc.dtype))
     direction = group.natural_direction(group.local_gradient(factor, estimate.curvature, gamma))
     factor_step = jnp.minimum(
-        step_size, _factor_line_minimiser(key, group, factor, estimate.curvature, direction, num_probes, entropy_weight)
+        step_size, _factor_line_minimiser(key, group, factor, estimate.curvature, direction, num_probes)
     )
     factor_norm = factor_step * group.spectral_norm(direction)
     factor_scale = _clip(factor_norm, trust_radius)
     scaled = jax.tree.map(lambda m: (factor_scale * factor_step) * m, direction)
     new_factor = group.retract(factor, scaled)
     direction_loc = group.rsolve(new_factor, group.solve(new_factor, estimate.grad_loc))  # S_new^-1 g_mu
-    precision_norm_sq = lambda d: entropy_weight * jnp.sum(group.rmatvec(factor, d) ** 2)  # w d^T S d
-    loc_step = jnp.minimum(step_size, _line_minimiser(estimate, direction_loc, precision_norm_sq))
+    loc_step = jnp.minimum(step_size, _line_minimiser(estimate, direction_loc))
     loc_norm = loc_step * jnp.linalg.norm(group.rmatvec(new_factor, direction_loc))
     loc_scale = _clip(loc_norm, loc_trust_radius * root_dim)
     new_loc = loc - (loc_scale * loc_step) * direction_loc

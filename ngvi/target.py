@@ -1,16 +1,27 @@
-"""From a NumPyro model to the functions of the flat unconstrained latent vector
-that the estimators use: ``l(z) = -log p(x, z)`` and per-example log-likelihoods."""
+"""The target of the algorithms, :class:`Target`: ``l(z) = -log p(x, z)`` on a
+flat vector (and, for Gauss-Newton, per-example log-likelihoods), and how it
+is built from a NumPyro model over a guide's flat unconstrained latent vector."""
 
 from functools import partial
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from numpyro import handlers
 from numpyro.infer.util import _unconstrain_reparam, potential_energy
 
-from ngvi.estimators import Target
+__all__ = ["Target", "make_target", "check_initial_point", "nonfinite_sites"]
 
-__all__ = ["make_target", "check_initial_point", "nonfinite_sites"]
+
+class Target(NamedTuple):
+    """``potential(z) = l(z) = -log p(x, z)`` on the flat latent vector;
+    ``log_likelihood(z)``, if given, the per-example log-likelihoods of the
+    observed sites (a vector summing to ``log p(x | z)`` with any subsample
+    scaling applied), which only ``estimator="gauss_newton"`` reads."""
+
+    potential: Callable
+    log_likelihood: Optional[Callable] = None
 
 
 def nonfinite_sites(trace):
@@ -38,10 +49,11 @@ def _observed_log_likelihood(model, args, kwargs, params):
     return jnp.concatenate(terms)
 
 
-def make_target(guide, rng_key, args, kwargs):
-    """The :class:`~ngvi.estimators.Target` of ``guide.model`` at ``args``; the
-    model is seeded with ``rng_key`` (one data subsample per key, as in SVI)."""
-    model = handlers.seed(guide.model, rng_key)
+def make_target(model, guide, rng_key, args, kwargs):
+    """The :class:`Target` of ``model`` at ``args`` over ``guide``'s flat latent
+    vector (the guide gives only the layout); the model is seeded with
+    ``rng_key`` (one data subsample per key, as in SVI)."""
+    model = handlers.seed(model, rng_key)
     unpack = guide._unpack_latent
     return Target(
         potential=lambda z: potential_energy(model, args, kwargs, unpack(z)),
@@ -49,15 +61,18 @@ def make_target(guide, rng_key, args, kwargs):
     )
 
 
-def check_initial_point(guide, rng_key, loc, args, kwargs):
-    """Raise ``ValueError`` naming the sites whose log density is not finite at ``loc``."""
-    target = make_target(guide, rng_key, args, kwargs)
-    value, grad = jax.value_and_grad(target.potential)(loc)
-    if bool(jnp.isfinite(value)) and bool(jnp.all(jnp.isfinite(grad))):
+def check_initial_point(model, guide, rng_key, loc, args, kwargs):
+    """Raise ``ValueError`` naming the sites whose log density is not finite at
+    ``loc`` (a flat latent vector, or one per row: a mixture's component means)."""
+    target = make_target(model, guide, rng_key, args, kwargs)
+    locs = jnp.reshape(loc, (-1, jnp.shape(loc)[-1]))
+    values, grads = jax.vmap(jax.value_and_grad(target.potential))(locs)
+    finite = np.asarray(jnp.isfinite(values) & jnp.all(jnp.isfinite(grads), axis=-1))
+    if finite.all():
         return
-    params = guide._unpack_latent(loc)
+    params = guide._unpack_latent(locs[int(np.argmin(finite))])
     substituted = handlers.substitute(
-        handlers.seed(guide.model, rng_key), substitute_fn=partial(_unconstrain_reparam, params)
+        handlers.seed(model, rng_key), substitute_fn=partial(_unconstrain_reparam, params)
     )
     trace = handlers.trace(substituted).get_trace(*args, **kwargs)
     bad = nonfinite_sites(trace)

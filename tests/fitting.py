@@ -75,7 +75,7 @@ def fit(model, data, group, num_steps, window=1, seed=0, **ngvi_kwargs):
 
     def step(state, _):
         state, loss = ngvi.update(state, **data)
-        return state, (loss, state.loc, state.factor)
+        return state, (loss, state.vi_state.loc, state.vi_state.factor)
 
     state, (losses, locs, factors) = jax.jit(lambda s: jax.lax.scan(step, s, None, num_steps))(state)
     assert int(state.num_rejected) == 0

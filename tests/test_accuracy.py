@@ -13,8 +13,8 @@ import scipy.optimize
 import scipy.stats
 
 from fitting import fit, log_weights, potential, sd_errors
-from models import eight_schools, logistic_regression
-from models.reference import load_reference
+from ngvi.models import eight_schools, logistic_regression
+from ngvi.models.reference import load_reference
 from ngvi import groups, to_inference_data
 
 

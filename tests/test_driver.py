@@ -12,10 +12,10 @@ import pytest
 import scipy.stats
 from numpyro.infer import init_to_value
 
-from models import eight_schools, linear_regression, logistic_regression
+from ngvi.models import eight_schools, linear_regression, logistic_regression
 from ngvi import NGVI, StructuredGaussian, estimators, groups
 from ngvi.curvature import DenseCurvature
-from ngvi.estimators import Target
+from ngvi.target import Target
 
 KEY = jax.random.PRNGKey(0)
 STEPS, FROZEN = 40, 5
@@ -54,7 +54,7 @@ def test_run_returns_params_state_losses(es):
     assert params["auto_loc"].shape == (10,) and params["auto_factor_matrix"].shape == (10, 10)
     assert losses.shape == (STEPS,) and np.all(np.isfinite(losses))
     assert np.mean(losses[-10:]) < np.mean(losses[:3]) - 10.0
-    assert int(state.step) == STEPS and int(state.num_rejected) == 0
+    assert int(state.vi_state.step) == STEPS and int(state.num_rejected) == 0
     assert_same_tree(ngvi.get_params(state), params, rtol=0)
 
 
@@ -70,7 +70,7 @@ def test_step_by_step_matches_run(es):
     for _ in range(STEPS):
         state, loss = update(state)
         losses.append(loss)
-        locs.append(state.loc)
+        locs.append(state.vi_state.loc)
     np.testing.assert_allclose(np.array(losses), result.losses, rtol=1e-8)
     assert_same_tree(ngvi.get_params(state), result.params, rtol=1e-8, atol=1e-10)
     assert_same_tree(state, result.state, rtol=1e-8, atol=1e-10)
@@ -98,7 +98,7 @@ def test_dtypes_with_schedule(x64, dtype):
         guide = StructuredGaussian(linear_regression.model)
         schedule = optax.schedules.exponential_decay(0.5, transition_steps=10, decay_rate=0.5)
         result = NGVI(linear_regression.model, guide, step_size=schedule).run(KEY, 25, progress_bar=False, **data)
-        for leaf in jax.tree.leaves((result.params, result.losses, result.state.loc, result.state.factor)):
+        for leaf in jax.tree.leaves((result.params, result.losses, result.state.vi_state.loc, result.state.vi_state.factor)):
             assert leaf.dtype == dtype
         posterior = guide.get_posterior(result.params)
         mean, var = np.asarray(posterior.mean), np.asarray(posterior.variance)

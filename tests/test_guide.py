@@ -14,7 +14,7 @@ from numpyro.infer import SVI, Predictive, Trace_ELBO
 from numpyro.infer.autoguide import AutoContinuous
 from scipy import stats
 
-from models import eight_schools
+from ngvi.models import eight_schools
 from ngvi import NGVI, StructuredGaussian, groups
 
 KEY = jax.random.PRNGKey(0)

@@ -13,8 +13,8 @@ from numpyro.infer import MCMC, NUTS
 from numpyro.infer.util import log_density
 from scipy import stats
 
-from models import eight_schools, linear_regression
-from models.reference import load_reference
+from ngvi.models import eight_schools, linear_regression
+from ngvi.models.reference import load_reference
 from ngvi import StructuredGaussian, to_inference_data
 from ngvi.inference_data import importance_diagnostics
 

@@ -12,7 +12,7 @@ from numpyro.infer import init_to_median
 
 from fitting import dense_covariance, gaussian_model, make_ngvi, potential
 from group_cases import CASES, IDS, algebra_basis, random_element
-from models import linear_regression, logistic_regression
+from ngvi.models import linear_regression, logistic_regression
 from ngvi import NGVI, StructuredGaussianMixture, groups
 from ngvi.laplace import LaplaceStart, check_laplace_start
 
@@ -21,7 +21,7 @@ def laplace_init(model, data, group, seed=0):
     """The warm-started state and its precision ``B B^T`` as a dense matrix."""
     _, ngvi = make_ngvi(model, group, warm_start="laplace")
     state = ngvi.init(jax.random.PRNGKey(seed), **data)
-    b = np.asarray(group.to_dense(state.factor))
+    b = np.asarray(group.to_dense(state.vi_state.factor))
     return state, b @ b.T
 
 
@@ -35,7 +35,7 @@ def test_exact_on_gaussians_in_the_family(group, p):
     state, q_precision = laplace_init(gaussian_model, {"loc": mean, "precision": precision}, group)
 
     sd = np.sqrt(np.diag(np.linalg.inv(precision)))
-    assert np.max(np.abs(np.asarray(state.loc) - mean) / sd) < 1e-6
+    assert np.max(np.abs(np.asarray(state.vi_state.loc) - mean) / sd) < 1e-6
     np.testing.assert_allclose(q_precision, precision, rtol=1e-6, atol=1e-6 * np.abs(precision).max())
 
 
@@ -44,7 +44,7 @@ def test_exact_on_conjugate_linear_regression():
     data = linear_regression.data()
     state, q_precision = laplace_init(linear_regression.model, data, groups.Dense())
     exact_mean, exact_cov = linear_regression.exact_posterior(**data)
-    np.testing.assert_allclose(state.loc, exact_mean, rtol=1e-6, atol=1e-6 * np.abs(exact_mean).max())
+    np.testing.assert_allclose(state.vi_state.loc, exact_mean, rtol=1e-6, atol=1e-6 * np.abs(exact_mean).max())
     np.testing.assert_allclose(np.linalg.inv(q_precision), exact_cov, rtol=1e-6, atol=1e-6 * np.abs(exact_cov).max())
 
 
@@ -77,7 +77,7 @@ def test_logistic_regression_dense_and_diagonal(logistic_mode):
     sd = np.sqrt(np.diag(np.linalg.inv(hess)))
     for group, expected in ((groups.Dense(), hess), (groups.Diagonal(), np.diag(np.diag(hess)))):
         state, q_precision = laplace_init(logistic_regression.model, data, group)
-        assert np.max(np.abs(np.asarray(state.loc) - mode) / sd) < 1e-5
+        assert np.max(np.abs(np.asarray(state.vi_state.loc) - mode) / sd) < 1e-5
         np.testing.assert_allclose(q_precision, expected, rtol=1e-6, atol=1e-6 * np.abs(hess).max())
 
 
@@ -90,7 +90,7 @@ def test_structured_start_is_the_closest_member_of_the_group(logistic_mode):
     data, _, hess = logistic_mode
     group = groups.BlockUpperTriangular(4)
     state, q_precision = laplace_init(logistic_regression.model, data, group)
-    b = np.asarray(group.to_dense(state.factor))
+    b = np.asarray(group.to_dense(state.vi_state.factor))
     kl = kl_to_laplace(q_precision, hess)
     kl_diagonal = kl_to_laplace(np.diag(np.diag(hess)), hess)
     assert 0.0 < kl < kl_diagonal
@@ -111,9 +111,9 @@ def test_float32(logistic_mode):
     data32 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), data)
     with jax.enable_x64(False):
         state, q_precision = laplace_init(logistic_regression.model, data32, groups.Dense())
-        assert state.loc.dtype == jnp.float32
+        assert state.vi_state.loc.dtype == jnp.float32
     sd = np.sqrt(np.diag(np.linalg.inv(hess)))
-    assert np.max(np.abs(np.asarray(state.loc, np.float64) - mode) / sd) < 1e-2
+    assert np.max(np.abs(np.asarray(state.vi_state.loc, np.float64) - mode) / sd) < 1e-2
     np.testing.assert_allclose(q_precision, hess, rtol=1e-3, atol=1e-3 * np.abs(hess).max())
 
 

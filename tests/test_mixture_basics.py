@@ -10,7 +10,7 @@ import optax
 import pytest
 from numpyro.infer import SVI, Trace_ELBO
 
-from models import logistic_regression
+from ngvi.models import logistic_regression
 from ngvi import NGVI, MixtureELBO, StructuredGaussian, StructuredGaussianMixture, groups
 
 MODES = jnp.array([[-4.0, -4.0], [4.0, 4.0]])
@@ -36,8 +36,8 @@ def test_one_component_takes_the_single_gaussian_step():
     for _ in range(4):
         s1, _ = single.update(s1, **data)
         s2, _ = mixture.update(s2, **data)
-    np.testing.assert_allclose(s2.loc[0], s1.loc, atol=1e-10)
-    for a, b in zip(jax.tree.leaves(s2.factor), jax.tree.leaves(s1.factor)):
+    np.testing.assert_allclose(s2.vi_state.loc[0], s1.vi_state.loc, atol=1e-10)
+    for a, b in zip(jax.tree.leaves(s2.vi_state.factor), jax.tree.leaves(s1.vi_state.factor)):
         np.testing.assert_allclose(a[0], b, atol=1e-10)
 
 
@@ -74,7 +74,7 @@ def test_posterior_is_a_mixture_of_the_components():
     weighted sum of the component Gaussians."""
     guide = StructuredGaussianMixture(bimodal, num_components=3, group=groups.LowerTriangular(), weights=[0.2, 0.3, 0.5])
     numpyro.handlers.seed(guide, 0)()
-    params = guide.pack_params(*guide.init_params())
+    params = guide.params_from_state(guide.init_state())
     posterior = guide.get_posterior(params)
     z = jax.random.normal(jax.random.PRNGKey(3), (5, 2))
     locs, factors, log_weights = guide.unpack_params(params)

@@ -7,8 +7,8 @@ import pytest
 from numpyro import handlers
 from scipy import stats
 
-from models import linear_regression
-from models.reference import load_reference
+from ngvi.models import linear_regression
+from ngvi.models.reference import load_reference
 
 LATENT_DIMS = {"eight_schools": 10, "logistic_regression": 31, "linear_regression": 5}
 
@@ -19,7 +19,7 @@ def get_trace(model, **kwargs):
 
 @pytest.mark.parametrize("name", sorted(LATENT_DIMS))
 def test_model_trace(name):
-    module = importlib.import_module(f"models.{name}")
+    module = importlib.import_module(f"ngvi.models.{name}")
     kwargs = module.data()
     tr = get_trace(module.model, **kwargs)
 
@@ -33,7 +33,7 @@ def test_model_trace(name):
 
 @pytest.mark.parametrize("name", sorted(LATENT_DIMS))
 def test_reference_layout_and_diagnostics(name):
-    module = importlib.import_module(f"models.{name}")
+    module = importlib.import_module(f"ngvi.models.{name}")
     ref = load_reference(name)
     unconstrained = ref["unconstrained"]
     dim = LATENT_DIMS[name]
@@ -60,7 +60,7 @@ def test_reference_layout_and_diagnostics(name):
 
 
 def test_eight_schools_deterministic_theta():
-    from models import eight_schools
+    from ngvi.models import eight_schools
 
     tr = get_trace(eight_schools.model, **eight_schools.data())
     assert tr["theta"]["type"] == "deterministic"
@@ -74,7 +74,7 @@ def test_eight_schools_deterministic_theta():
 
 
 def test_logistic_regression_subsampling():
-    from models import logistic_regression
+    from ngvi.models import logistic_regression
 
     kwargs = logistic_regression.data()
     assert kwargs["x"].shape == (569, 30)

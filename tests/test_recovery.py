@@ -14,7 +14,7 @@ import pytest
 
 from fitting import fit, gaussian_model, log_weights, run
 from group_cases import closed_pattern, random_element
-from models import linear_regression, logistic_regression
+from ngvi.models import linear_regression, logistic_regression
 from ngvi import groups
 
 

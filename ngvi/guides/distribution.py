@@ -1,10 +1,12 @@
 """``StructuredNormal``: the Gaussian ``N(mu, (B B^T)^-1)`` as a NumPyro distribution."""
 
-import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 from numpyro.distributions import Distribution, constraints
+
+from ngvi import gaussian
 
 __all__ = ["StructuredNormal"]
 
@@ -12,10 +14,10 @@ __all__ = ["StructuredNormal"]
 class StructuredNormal(Distribution):
     """``N(loc, S^-1)`` with precision ``S = B B^T`` and ``B`` in ``group``.
 
-    Sampling ``z = loc + B^-T eps`` and ``log q(z) = log|det B| - ||B^T (z - loc)||^2 / 2
-    - p log(2 pi) / 2`` cost what the group's solves and products cost. An
-    optional batch of components (``loc`` of shape ``(K, p)``, factor leaves with
-    a leading ``K``) makes it the component distribution of a mixture.
+    Draws, ``log q`` and the entropy are those of :mod:`ngvi.gaussian` and cost
+    what the group's solves and products cost. An optional batch of components
+    (``loc`` of shape ``(K, p)``, factor leaves with a leading ``K``) makes it
+    the component distribution of a mixture.
     """
 
     arg_constraints = {"loc": constraints.real_vector}
@@ -31,17 +33,12 @@ class StructuredNormal(Distribution):
             raise ValueError(f"StructuredNormal takes loc of shape (p,) or (K, p), got {shape}.")
         super().__init__(batch_shape=shape[:-1], event_shape=shape[-1:], validate_args=validate_args)
 
-    def _apply(self, fn, x):
-        """``fn(factor, v)`` for every vector ``v`` of ``x`` (shape ``(..., *batch, p)``)."""
-
-        def single(factor, x):
-            flat = x.reshape(-1, x.shape[-1])
-            return jax.vmap(lambda v: fn(factor, v))(flat).reshape(x.shape)
-
+    def _map(self, fn, x, out_axis):
+        """``fn(loc, factor, x)`` per component, ``x`` of shape ``(..., *batch, p)``."""
         if not self.batch_shape:
-            return single(self.factor, x)
+            return fn(self.loc, self.factor, x)
         x = jnp.broadcast_to(x, x.shape[:-2] + self.batch_shape + self.event_shape)
-        return jax.vmap(single, in_axes=(0, -2), out_axes=-2)(self.factor, x)
+        return jax.vmap(fn, in_axes=(0, 0, -2), out_axes=out_axis)(self.loc, self.factor, x)
 
     def _per_component(self, fn):
         return jax.vmap(fn)(self.factor) if self.batch_shape else fn(self.factor)
@@ -49,12 +46,10 @@ class StructuredNormal(Distribution):
     def sample(self, key, sample_shape=()):
         shape = sample_shape + self.batch_shape + self.event_shape
         eps = jax.random.normal(key, shape, jnp.result_type(self.loc))
-        return self.loc + self._apply(self.group.rsolve, eps)
+        return self._map(partial(gaussian.from_standard, self.group), eps, -2)
 
     def log_prob(self, value):
-        whitened = self._apply(self.group.rmatvec, value - self.loc)
-        logdet = self._per_component(self.group.logdet)
-        return logdet - 0.5 * jnp.sum(whitened**2, -1) - 0.5 * self.event_shape[0] * math.log(2 * math.pi)
+        return self._map(partial(gaussian.log_prob, self.group), value, -1)
 
     @property
     def mean(self):
@@ -65,5 +60,4 @@ class StructuredNormal(Distribution):
         return self._per_component(self.group.covariance_diagonal)
 
     def entropy(self):
-        logdet = self._per_component(self.group.logdet)
-        return 0.5 * self.event_shape[0] * (1.0 + math.log(2 * math.pi)) - logdet
+        return -self._per_component(lambda factor: gaussian.neg_entropy(self.group, factor, self.event_shape[0]))

@@ -1,15 +1,14 @@
 """``StructuredGaussianMixture``: a mixture of structured Gaussians over the flat
 unconstrained latent vector, for multimodal posteriors (MATH.md sec. 6)."""
 
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
-from numpyro.infer.elbo import ELBO, TraceGraph_ELBO
+from numpyro.infer.elbo import ELBO
 from numpyro.infer.initialization import init_to_uniform
 
+from ngvi import vi
 from ngvi.guides.distribution import StructuredNormal
 from ngvi.guides.structured_gaussian import StructuredGaussian
 from ngvi.target import make_target
@@ -46,25 +45,30 @@ class MixtureELBO(ELBO):
         sample_key, model_key = jax.random.split(rng_key)
         mixture = guide.get_posterior(param_map)
         z = mixture.component_distribution.sample(sample_key, (self.num_particles,))  # (n, K, p)
-        potential = jax.vmap(jax.vmap(make_target(guide, model_key, args, kwargs).potential))
+        potential = jax.vmap(jax.vmap(make_target(model, guide, model_key, args, kwargs).potential))
         log_ratio = -potential(z) - mixture.log_prob(z)  # (n, K)
         elbo = jnp.sum(mixture.mixing_distribution.probs * jnp.mean(log_ratio, axis=0))
         return {"loss": -elbo, "mutable_state": None}
 
 
-def _check_loss_supports_mixture():
-    """Raise if a NumPyro ELBO other than MixtureELBO or TraceGraph_ELBO is
-    evaluating the guide (checked once, while the loss is being traced)."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, ELBO) and not isinstance(owner, (MixtureELBO, TraceGraph_ELBO)):
-            raise ValueError(
-                f"{type(owner).__name__} gives biased gradients for StructuredGaussianMixture: the component "
-                "draw is not reparameterisable. Use SVI(model, guide, optim, ngvi.MixtureELBO()) "
-                "(or TraceGraph_ELBO, which adds the score-function term)."
-            )
-        frame = frame.f_back
+@jax.custom_jvp
+def _weights_without_pathwise_gradient(log_weights):
+    """The identity, whose derivative refuses to be taken: a draw of the mixture
+    depends on the weights through the discrete choice of a component, which
+    has no pathwise derivative, so an ELBO that differentiates through the
+    guide's draw (``Trace_ELBO`` and the like) would silently miss the weights'
+    gradient. :class:`MixtureELBO` reads the weights through ``get_posterior``
+    instead and is not affected."""
+    return log_weights
+
+
+@_weights_without_pathwise_gradient.defjvp
+def _refuse(primals, tangents):
+    raise ValueError(
+        "StructuredGaussianMixture(learn_weights=True): a draw of the guide has no pathwise gradient "
+        "in the weights, so this ELBO gives biased gradients for them. Use SVI(model, guide, optim, "
+        "ngvi.MixtureELBO()), or fixed weights (learn_weights=False), with which every ELBO is unbiased."
+    )
 
 
 class StructuredGaussianMixture(StructuredGaussian):
@@ -131,22 +135,30 @@ class StructuredGaussianMixture(StructuredGaussian):
         return logits - logits[-1]
 
     def _get_posterior(self):
-        _check_loss_supports_mixture()
         locs = numpyro.param(f"{self.prefix}_locs", self._init_component_locs)
         leaves = [numpyro.param(name, init) for name, init in self._factor_init.items()]
         log_weights = self._log_weights_init()
         if self.learn_weights:
-            log_weights = numpyro.param(f"{self.prefix}_weight_logits", log_weights)
+            log_weights = _weights_without_pathwise_gradient(numpyro.param(f"{self.prefix}_weight_logits", log_weights))
         return self._mixture(locs, jax.tree.unflatten(self._factor_treedef, leaves), log_weights)
 
     def _mixture(self, locs, factors, log_weights):
         components = StructuredNormal(locs, factors, self.group)
         return dist.MixtureSameFamily(dist.Categorical(logits=log_weights), components)
 
-    def init_params(self):
-        """The initial ``(locs, factors, log_weights)``."""
-        leaves = list(self._factor_init.values())
-        return self._init_component_locs, jax.tree.unflatten(self._factor_treedef, leaves), self._log_weights_init()
+    def algorithm(self, potential_fn, **settings):
+        """:func:`ngvi.vi.gaussian_mixture` on ``potential_fn`` with this guide's
+        group, number of components and ``learn_weights``."""
+        return vi.gaussian_mixture(
+            potential_fn, self.num_components, group=self.group, learn_weights=self.learn_weights, **settings
+        )
+
+    def init_state(self):
+        """The algorithm's initial state: the component means, ``init_scale`` and the weights."""
+        return vi.gaussian_mixture.init(self._init_component_locs, self.group, self._init_scale, self._init_weights)
+
+    def params_from_state(self, state):
+        return self.pack_params(state.loc, state.factor, state.log_weights)
 
     def unpack_params(self, params):
         """``(locs, factors, log_weights)`` from a param dict."""

@@ -8,6 +8,7 @@ import numpyro.distributions as dist
 from numpyro.infer.autoguide import AutoContinuous
 from numpyro.infer.initialization import init_to_uniform
 
+from ngvi import vi
 from ngvi.groups import Dense
 from ngvi.guides.distribution import StructuredNormal
 from ngvi.target import nonfinite_sites
@@ -77,11 +78,22 @@ class StructuredGaussian(AutoContinuous):
         leaves = [numpyro.param(name, init) for name, init in self._factor_init.items()]
         return StructuredNormal(loc, jax.tree.unflatten(self._factor_treedef, leaves), self.group)
 
-    # --- the bridge between NumPyro's param dict and (mu, B) ------------------
-    def init_params(self):
-        """The initial ``(mu, B)``; needs the prototype (run the guide once)."""
-        return self._init_latent, jax.tree.unflatten(self._factor_treedef, list(self._factor_init.values()))
+    # --- the algorithm that fits the guide, and its state -------------------
+    def algorithm(self, potential_fn, **settings):
+        """:func:`ngvi.vi.structured_gaussian` on ``potential_fn`` with this
+        guide's group (``settings`` as that function takes them)."""
+        return vi.structured_gaussian(potential_fn, group=self.group, **settings)
 
+    def init_state(self):
+        """The algorithm's initial state (``init_loc_fn``, ``init_scale``); needs
+        the prototype (run the guide once)."""
+        return vi.structured_gaussian.init(self._init_latent, self.group, self._init_scale)
+
+    def params_from_state(self, state):
+        """The param dict of an algorithm state."""
+        return self.pack_params(state.loc, state.factor)
+
+    # --- the bridge between NumPyro's param dict and (mu, B) ------------------
     def unpack_params(self, params):
         """``(mu, B)`` from a param dict."""
         leaves = [params[name] for name in self._factor_init]

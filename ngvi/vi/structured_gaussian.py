@@ -1,0 +1,158 @@
+"""Structured-Gaussian VI on a plain potential ``l(z) = -log p(z)``: the
+local-parameterisation natural-gradient step of MATH.md sec. 3 on
+``q(z) = N(mu, (B B^T)^-1)``, ``B`` in a group (Lin, Nielsen, Khan and
+Schmidt, ICML 2021).
+
+    algo = vi.structured_gaussian(potential_fn, group=groups.Dense())
+    state = algo.init(position, scale=0.1)            # mu = position, B = I / scale
+    state, info = jax.jit(algo.step)(rng_key, state)
+    draws = algo.sample(rng_key, state, 1000)
+
+``init``, ``step``, ``sample`` and ``loss`` below are the pure pieces, with
+every setting an argument; :func:`as_top_level_api` closes over them.
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ngvi import gaussian
+from ngvi.estimators import gaussian_samples, resolve
+from ngvi.groups import Dense
+from ngvi.ngd import is_finite, natural_gradient_step
+from ngvi.vi.base import VIAlgorithm, as_target, check_num_samples, keep_if, step_size_at
+
+__all__ = ["StructuredGaussianState", "StructuredGaussianInfo", "init", "step", "sample", "loss", "as_top_level_api"]
+
+
+class StructuredGaussianState(NamedTuple):
+    """``loc`` is ``mu``, ``factor`` the group's storage of ``B``; ``step`` counts
+    the steps taken (the step-size schedules read it)."""
+
+    loc: jax.Array
+    factor: Any
+    step: jax.Array
+
+
+class StructuredGaussianInfo(NamedTuple):
+    """Diagnostics of one step.
+
+    * ``loss``: the estimate of ``L = E_q[l] + gamma E_q[log q]`` at the state
+      before the step (the negative ELBO for ``gamma = 1``);
+    * ``rejected``: the step was not finite and the state was kept;
+    * ``step_size``: ``beta``;
+    * ``loc_norm``, ``factor_norm``: the unclipped sizes of the mean step (in
+      the Fisher metric) and of the factor step (spectral norm);
+    * ``loc_scale``, ``factor_scale``: the factors the trust region scaled them
+      by (``< 1``: clipped);
+    * ``num_grads``: gradient evaluations of ``l`` the step used (a value of
+      ``l`` counts as one, a Hessian-vector product as two).
+    """
+
+    loss: jax.Array
+    rejected: jax.Array
+    step_size: jax.Array
+    loc_norm: jax.Array
+    factor_norm: jax.Array
+    loc_scale: jax.Array
+    factor_scale: jax.Array
+    num_grads: jax.Array
+
+
+def init(position, group, scale=1.0):
+    """``mu = position``, ``B = I / scale`` (so every standard deviation is ``scale``).
+    Raises ``ValueError`` if ``group`` does not fit ``p = len(position)``."""
+    position = jnp.asarray(position)
+    if position.ndim != 1:
+        raise ValueError(f"position must be a flat vector (p,), got shape {position.shape}.")
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}.")
+    factor = group.init(position.shape[0], scale, position.dtype)
+    return StructuredGaussianState(position, factor, jnp.zeros((), jnp.int32))
+
+
+def step(
+    rng_key,
+    state,
+    target,
+    group,
+    estimator,
+    num_samples=8,
+    step_size=0.5,
+    gamma=1.0,
+    trust_radius=1.0,
+    loc_trust_radius=10.0,
+):
+    """One step: ``estimator`` (a function of :mod:`ngvi.estimators`' signature)
+    estimates ``g_mu`` and ``E_q[hess l]`` from ``num_samples`` draws, then
+    :func:`ngvi.ngd.natural_gradient_step` moves ``(mu, B)`` with its step
+    control. A step whose result or loss is not finite is rejected: the
+    state keeps its ``loc`` and ``factor`` and ``info.rejected`` is True.
+    Returns ``(state, StructuredGaussianInfo)``."""
+    estimate_key, step_key = jax.random.split(rng_key)
+    beta = jnp.asarray(step_size_at(step_size, state.step), state.loc.dtype)
+    estimate = estimator(estimate_key, target, group, state.loc, state.factor, num_samples, gamma)
+    loc, factor, step_info = natural_gradient_step(
+        step_key, group, state.loc, state.factor, estimate, beta, gamma, trust_radius, loc_trust_radius
+    )
+    accept = is_finite(loc, factor, estimate.loss)
+    loc, factor = keep_if(accept, (loc, factor), (state.loc, state.factor))
+    num_grads = jnp.asarray(estimate.num_grads + estimate.curvature.num_grads, jnp.int32)
+    info = StructuredGaussianInfo(estimate.loss, ~accept, beta, *step_info, num_grads)
+    return StructuredGaussianState(loc, factor, state.step + 1), info
+
+
+def loss(rng_key, state, target, group, num_samples=8, gamma=1.0):
+    """``L = mean_n l(z_n) + gamma E_q[log q]`` from ``num_samples`` antithetic draws."""
+    _, z = gaussian_samples(rng_key, group, state.loc, state.factor, num_samples)
+    values = jax.vmap(target.potential)(z)
+    return jnp.mean(values) + gamma * gaussian.neg_entropy(group, state.factor, state.loc.shape[-1])
+
+
+def sample(rng_key, state, group, num_draws):
+    """``num_draws`` independent draws of ``q``, shape ``(num_draws, p)``."""
+    return gaussian.sample(rng_key, group, state.loc, state.factor, (num_draws,))
+
+
+def as_top_level_api(
+    potential_fn,
+    group=None,
+    estimator="hessian",
+    num_samples=8,
+    step_size=0.5,
+    gamma=1.0,
+    trust_radius=1.0,
+    loc_trust_radius=10.0,
+    log_likelihood_fn=None,
+    **estimator_options,
+):
+    """Structured-Gaussian VI of ``potential_fn(z) = -log p(z)`` on flat vectors.
+
+    :param group: a :mod:`ngvi.groups` group (default :class:`~ngvi.groups.Dense`).
+    :param estimator: ``"hessian"``, ``"stein"``, ``"gauss_newton"`` (needs
+        ``log_likelihood_fn``, the per-example log-likelihoods) or
+        ``"zeroth_order"`` (:mod:`ngvi.estimators`); ``estimator_options`` go to it.
+    :param num_samples: Monte-Carlo draws per step (antithetic pairs).
+    :param step_size: ``beta``, a float or a schedule ``step -> float``.
+    :param gamma: the weight of ``E_q[log q]`` (1 for VI).
+    :param trust_radius: bound on the spectral norm of the local factor step.
+    :param loc_trust_radius: bound on the mean step, in standard deviations of
+        the updated ``q`` per ``sqrt(p)``.
+    :returns: a :class:`ngvi.vi.VIAlgorithm` whose ``init(position, scale=1.0)``
+        starts at ``mu = position``, ``B = I / scale``.
+    """
+    group = Dense() if group is None else group
+    estimate = resolve(estimator, **estimator_options)
+    check_num_samples(num_samples)
+    target = as_target(potential_fn, log_likelihood_fn)
+    settings = dict(
+        num_samples=num_samples, step_size=step_size, gamma=gamma,
+        trust_radius=trust_radius, loc_trust_radius=loc_trust_radius,
+    )
+    return VIAlgorithm(
+        init=lambda position, scale=1.0: init(position, group, scale),
+        step=lambda rng_key, state: step(rng_key, state, target, group, estimate, **settings),
+        sample=lambda rng_key, state, num_draws: sample(rng_key, state, group, num_draws),
+        loss=lambda rng_key, state: loss(rng_key, state, target, group, num_samples, gamma),
+    )
