@@ -47,19 +47,34 @@ def parse_group(spec):
 def load_model(name):
     """A module with ``model`` and ``data()``: a file path, or a name in ``models/``."""
     path = Path(name)
-    if path.suffix == ".py" and path.exists():
+    if path.suffix == ".py":
+        if not path.exists():
+            raise ValueError(f"no model file {name!r}")
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    else:
         try:
-            module = importlib.import_module(f"ngvi.models.{name}")
+            spec.loader.exec_module(module)
         except ModuleNotFoundError as err:
+            raise ValueError(f"model file {name!r} needs a module that is not installed: {err}") from err
+    else:
+        module_name = f"ngvi.models.{name}"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:
+                raise ValueError(f"model {name!r} needs a module that is not installed: {err}") from err
             raise ValueError(f"no model {name!r}: give a name in models/ or a path to a .py file") from err
     for attr in ("model", "data"):
         if not hasattr(module, attr):
-            raise ValueError(f"{module.__name__} must define `model` and `data()`; `{attr}` is missing.")
+            raise ValueError(f"{name} must define `model` and `data()`; `{attr}` is missing.")
     return module
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def _parser():
@@ -68,11 +83,11 @@ def _parser():
     fit = commands.add_parser("fit", help="fit a model with natural-gradient VI")
     fit.add_argument("model", help="a model name in models/ or a path to a file defining `model` and `data()`")
     fit.add_argument("--group", default="dense", help="dense, diagonal, lower, upper, toeplitz, block_upper:K, block_lower:K, hierarchical:K1,K2")
-    fit.add_argument("--steps", type=int, default=500)
+    fit.add_argument("--steps", type=_positive_int, default=500)
     fit.add_argument("--estimator", default="hessian", choices=["hessian", "stein", "gauss_newton", "zeroth_order"])
     fit.add_argument("--step-size", type=float, default=0.5)
-    fit.add_argument("--num-samples", type=int, default=8, help="Monte-Carlo samples per step")
-    fit.add_argument("--draws", type=int, default=2000, help="posterior draws for the summary")
+    fit.add_argument("--num-samples", type=_positive_int, default=8, help="Monte-Carlo samples per step")
+    fit.add_argument("--draws", type=_positive_int, default=2000, help="posterior draws for the summary")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--laplace", action="store_true", help="start at the MAP with the Laplace precision (warm_start='laplace')")
     fit.add_argument("--compare-nuts", action="store_true", help="also run NUTS and print both side by side")
@@ -129,7 +144,10 @@ def fit(options):
     if options.x64:
         jax.config.update("jax_enable_x64", True)
     module = load_model(options.model)
-    data = module.data()
+    try:
+        data = module.data()
+    except FileNotFoundError as err:
+        raise ValueError(f"{options.model}: data() could not read {err.filename!r}") from err
     guide = StructuredGaussian(module.model, group=parse_group(options.group))
     ngvi = NGVI(
         module.model, guide, step_size=options.step_size, num_samples=options.num_samples,

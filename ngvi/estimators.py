@@ -5,6 +5,7 @@ in antithetic pairs ``(eps, -eps)`` (adjacent) along orthogonal directions, each
 estimator returns (MATH.md sec. 3, 5)
 
 * ``loss``: ``L = E_q[l] + gamma E_q[log q]`` (the negative ELBO for ``gamma = 1``),
+  as ``mean_n [l(z_n) + gamma log q(z_n)]`` (:func:`sample_loss`),
 * ``grad_loc``: ``g_mu = E_q[grad l]``,
 * ``curvature``: an operator for ``H = E_q[hess l]`` (:mod:`ngvi.curvature`).
 
@@ -23,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from ngvi.curvature import Curvature, DenseCurvature, HessianCurvature, LowRankCurvature, SumCurvature
-from ngvi.gaussian import antithetic_normals, from_standard, neg_entropy
+from ngvi.gaussian import antithetic_normals, from_standard, log_prob_standard
 
 __all__ = [
     "Estimate", "ESTIMATORS", "resolve", "hessian", "stein", "gauss_newton", "zeroth_order", "gaussian_samples",
@@ -52,9 +53,16 @@ def _values_and_grads(potential, z):
     return jax.vmap(jax.value_and_grad(potential))(z)
 
 
-def _estimate(values, grad_loc, curvature, group, factor, gamma, num_grads=None):
-    loss = jnp.mean(values) + gamma * neg_entropy(group, factor, grad_loc.shape[-1])
+def _estimate(values, eps, grad_loc, curvature, group, factor, gamma, num_grads=None):
+    loss = sample_loss(values, eps, group, factor, gamma)
     return Estimate(loss, grad_loc, curvature, values.shape[0] if num_grads is None else num_grads)
+
+
+def sample_loss(values, eps, group, factor, gamma):
+    """``L ~ mean_n [l(z_n) + gamma log q(z_n)]`` at ``z_n = mu + B^-T eps_n``: unbiased,
+    and exact (no Monte-Carlo error) wherever ``l + gamma log q`` is constant, as at
+    the optimum for a target in the family; ``log q(z_n)`` costs no product."""
+    return jnp.mean(values + gamma * log_prob_standard(group, factor, eps))
 
 
 def _mean_hvp(fn, z):
@@ -75,12 +83,12 @@ def hessian(key, target, group, loc, factor, num_samples, gamma, probes=None, cu
     only for groups that need them; a full-matrix group gets ``H`` formed once,
     :class:`ngvi.curvature.DenseCurvature`)."""
     sample_key, probe_key = jax.random.split(key)
-    _, z = gaussian_samples(sample_key, group, loc, factor, num_samples)
+    eps, z = gaussian_samples(sample_key, group, loc, factor, num_samples)
     values, grads = _values_and_grads(target.potential, z)
     rademacher = None if probes is None else jax.random.rademacher(probe_key, (probes, loc.shape[-1]), loc.dtype)
     z_curvature = z[: _check_curvature_samples(curvature_samples, num_samples)]
     curvature = hessian_curvature(target.potential, z_curvature, group, rademacher)
-    return _estimate(values, jnp.mean(grads, axis=0), curvature, group, factor, gamma)
+    return _estimate(values, eps, jnp.mean(grads, axis=0), curvature, group, factor, gamma)
 
 
 def hessian_curvature(fn, z, group, probes=None):
@@ -110,17 +118,22 @@ def stein(key, target, group, loc, factor, num_samples, gamma):
     values, grads = _values_and_grads(target.potential, z)
     b_eps = jax.vmap(lambda e: group.matvec(factor, e))(eps)
     curvature = LowRankCurvature(b_eps / num_samples, grads)
-    return _estimate(values, jnp.mean(grads, axis=0), curvature, group, factor, gamma)
+    return _estimate(values, eps, jnp.mean(grads, axis=0), curvature, group, factor, gamma)
 
 
 def gauss_newton(key, target, group, loc, factor, num_samples, gamma):
-    """Gauss-Newton (VOGN): ``H = E[hess l_prior] + E[sum_i g_i g_i^T]`` with
-    ``g_i`` the gradients of the per-example negative log-likelihoods; always
-    positive semi-definite on the likelihood part."""
-    _, z = gaussian_samples(key, group, loc, factor, num_samples)
+    """Gauss-Newton (VOGN): ``H = E[hess l_prior] + E[sum_i s_i g_i g_i^T]`` with
+    ``g_i`` the gradients of the per-example log-likelihoods and ``s_i`` their
+    weights in ``l`` (``N / batch`` under subsampling, which makes the
+    subsample's sum unbiased for the full data's); positive semi-definite on
+    the likelihood part. Cost per draw: one gradient, a reverse pass per
+    example, and the prior's Hessian-vector products."""
+    eps, z = gaussian_samples(key, group, loc, factor, num_samples)
     values, grads = _values_and_grads(target.potential, z)
-    prior = lambda zi: target.potential(zi) + jnp.sum(target.log_likelihood(zi))
-    per_example = jax.vmap(jax.jacrev(target.log_likelihood))(z)  # (n, N, p)
+    terms = lambda zi: target.log_likelihood(zi)[0]
+    scales = target.log_likelihood(loc)[1]  # fixed by the model's plates
+    prior = lambda zi: target.potential(zi) + jnp.sum(scales * terms(zi))
+    per_example = jax.vmap(jax.jacrev(terms))(z) * jnp.sqrt(scales)[None, :, None]  # (n, N, p)
     num_examples = per_example.shape[1]
     per_example = per_example.reshape(-1, loc.shape[-1]) / math.sqrt(num_samples)
     curvature = SumCurvature(
@@ -129,7 +142,7 @@ def gauss_newton(key, target, group, loc, factor, num_samples, gamma):
     )
     # jacrev takes one reverse pass per example and draw
     num_grads = num_samples * (1 + num_examples)
-    return _estimate(values, jnp.mean(grads, axis=0), curvature, group, factor, gamma, num_grads)
+    return _estimate(values, eps, jnp.mean(grads, axis=0), curvature, group, factor, gamma, num_grads)
 
 
 def zeroth_order(key, target, group, loc, factor, num_samples, gamma):
@@ -142,7 +155,7 @@ def zeroth_order(key, target, group, loc, factor, num_samples, gamma):
     b_eps = jax.vmap(lambda e: group.matvec(factor, e))(eps)
     weighted = b_eps * centred[:, None] / num_samples
     curvature = LowRankCurvature(weighted, b_eps)
-    return _estimate(values, jnp.sum(weighted, axis=0), curvature, group, factor, gamma)
+    return _estimate(values, eps, jnp.sum(weighted, axis=0), curvature, group, factor, gamma)
 
 
 ESTIMATORS = {"hessian": hessian, "stein": stein, "gauss_newton": gauss_newton, "zeroth_order": zeroth_order}

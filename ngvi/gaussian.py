@@ -10,7 +10,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-__all__ = ["from_standard", "standardise", "log_prob", "mixture_log_prob", "neg_entropy", "sample", "antithetic_normals", "orthogonal_normals"]
+__all__ = ["from_standard", "standardise", "log_prob", "log_prob_standard", "mixture_log_prob", "neg_entropy", "sample", "antithetic_normals", "orthogonal_normals"]
 
 
 def from_standard(group, loc, factor, eps):
@@ -31,6 +31,11 @@ def log_prob(group, loc, factor, z):
     whitened = standardise(group, loc, factor, z)
     dim = z.shape[-1]
     return group.logdet(factor) - 0.5 * jnp.sum(whitened**2, -1) - 0.5 * dim * math.log(2 * math.pi)
+
+
+def log_prob_standard(group, factor, eps):
+    """``log q(z)`` at ``z = mu + B^-T eps`` for each row of ``eps``: ``log|det B| - |eps|^2 / 2 - p log(2 pi) / 2``."""
+    return group.logdet(factor) - 0.5 * jnp.sum(eps**2, -1) - 0.5 * eps.shape[-1] * math.log(2 * math.pi)
 
 
 def mixture_log_prob(group, locs, factors, log_weights, z):

@@ -16,9 +16,10 @@ __all__ = ["Target", "make_target", "check_initial_point", "nonfinite_sites"]
 
 class Target(NamedTuple):
     """``potential(z) = l(z) = -log p(x, z)`` on the flat latent vector;
-    ``log_likelihood(z)``, if given, the per-example log-likelihoods of the
-    observed sites (a vector summing to ``log p(x | z)`` with any subsample
-    scaling applied), which only ``estimator="gauss_newton"`` reads."""
+    ``log_likelihood(z)``, if given, ``(terms, scales)``: the per-example
+    log-likelihoods of the observed sites and the weight of each in ``log p(x | z)``
+    (the subsample scale ``N / batch``; 1 without subsampling), so that
+    ``log p(x | z) = sum(scales * terms)``. Only ``estimator="gauss_newton"`` reads it."""
 
     potential: Callable
     log_likelihood: Optional[Callable] = None
@@ -34,19 +35,19 @@ def nonfinite_sites(trace):
 
 
 def _observed_log_likelihood(model, args, kwargs, params):
-    """Per-example log-likelihoods of the observed sites (subsample-scaled), raveled."""
+    """``(terms, scales)`` of the observed sites' per-example log-likelihoods, raveled."""
     substituted = handlers.substitute(model, substitute_fn=partial(_unconstrain_reparam, params))
     trace = handlers.trace(substituted).get_trace(*args, **kwargs)
-    terms = []
+    terms, scales = [], []
     for site in trace.values():
         if site["type"] == "sample" and site["is_observed"]:
-            log_prob = site["fn"].log_prob(site["value"])
-            if site["scale"] is not None:
-                log_prob = site["scale"] * log_prob
-            terms.append(jnp.ravel(log_prob))
+            log_prob = jnp.ravel(site["fn"].log_prob(site["value"]))
+            scale = 1.0 if site["scale"] is None else site["scale"]
+            terms.append(log_prob)
+            scales.append(jnp.broadcast_to(jnp.asarray(scale, log_prob.dtype), log_prob.shape))
     if not terms:
         raise ValueError("estimator='gauss_newton' needs observed sites; the model has none.")
-    return jnp.concatenate(terms)
+    return jnp.concatenate(terms), jnp.concatenate(scales)
 
 
 def make_target(model, guide, rng_key, args, kwargs):

@@ -13,7 +13,7 @@ import scipy.stats
 from numpyro.infer import init_to_value
 
 from ngvi.models import eight_schools, linear_regression, logistic_regression
-from ngvi import NGVI, StructuredGaussian, estimators, groups
+from ngvi import NGVI, StructuredGaussian, estimators, gaussian, groups
 from ngvi.curvature import DenseCurvature
 from ngvi.target import Target
 
@@ -46,16 +46,20 @@ def assert_same_tree(a, b, **tol):
 
 
 def test_run_returns_params_state_losses(es):
-    """``run`` returns ``(params, state, losses)``: the guide's params, ``STEPS`` finite
-    losses that fall from the initial point to the optimum, and no rejected steps."""
+    """``run`` returns ``(params, state, losses, info)``: the guide's params, ``STEPS``
+    finite losses that fall from the initial point to the optimum, no rejected
+    steps, and the algorithm's per-step diagnostics (``info.loss`` is ``losses``)."""
     ngvi, _, result = es
-    params, state, losses = result
+    params, state, losses, info = result
     assert set(params) == {"auto_loc", "auto_factor_matrix"}
     assert params["auto_loc"].shape == (10,) and params["auto_factor_matrix"].shape == (10, 10)
     assert losses.shape == (STEPS,) and np.all(np.isfinite(losses))
     assert np.mean(losses[-10:]) < np.mean(losses[:3]) - 10.0
     assert int(state.vi_state.step) == STEPS and int(state.num_rejected) == 0
     assert_same_tree(ngvi.get_params(state), params, rtol=0)
+    np.testing.assert_array_equal(info.loss, losses)
+    assert info.num_grads.shape == (STEPS,) and np.all(info.num_grads == 8 + 2 * 8 * 10)  # n + 2 n p (Dense)
+    assert not np.any(info.rejected) and np.all(np.isfinite(info.factor_norm))
 
 
 def test_step_by_step_matches_run(es):
@@ -155,7 +159,7 @@ def test_orthogonal_normals_are_standard_normal():
     ``min(num, dim)`` draws, and every draw exactly N(0, I) (moments over 4000
     keys, and a Kolmogorov-Smirnov test of one coordinate)."""
     num, dim = 5, 3
-    draws = jax.vmap(lambda k: estimators.orthogonal_normals(k, num, dim, jnp.float32))(
+    draws = jax.vmap(lambda k: gaussian.orthogonal_normals(k, num, dim, jnp.float32))(
         jax.random.split(jax.random.PRNGKey(0), 4000)
     )
     directions = draws / jnp.linalg.norm(draws, axis=-1, keepdims=True)
@@ -184,7 +188,7 @@ def test_orthogonal_draws_halve_the_stein_curvature_noise(monkeypatch):
         lambda key: estimators.stein(key, target, group, loc, factor, 2 * p, 1.0).curvature.matmat(jnp.eye(p))
     )
     ortho = curvatures(keys)
-    monkeypatch.setattr(estimators, "orthogonal_normals", lambda key, num, dim, dtype: jax.random.normal(key, (num, dim), dtype))
+    monkeypatch.setattr(gaussian, "orthogonal_normals", lambda key, num, dim, dtype: jax.random.normal(key, (num, dim), dtype))
     iid = curvatures(keys)
     relative = lambda e: jnp.linalg.norm(e - h, axis=(-2, -1)) / jnp.linalg.norm(h)
     assert relative(jnp.mean(ortho, axis=0)) < 0.1  # unbiased: ~4 standard errors

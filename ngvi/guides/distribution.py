@@ -52,6 +52,11 @@ class StructuredNormal(Distribution):
         return self._map(partial(gaussian.log_prob, self.group), value, -1)
 
     @property
+    def has_rsample(self):
+        """Draws are ``loc + B^-T eps``: reparameterised in ``loc`` and every factor leaf."""
+        return True
+
+    @property
     def mean(self):
         return self.loc
 

@@ -179,7 +179,32 @@ class StructuredGaussianMixture(StructuredGaussian):
         return self._mixture(*self.unpack_params(params))
 
     def median(self, params):
-        raise NotImplementedError("a Gaussian mixture has no closed-form median; use sample_posterior.")
+        """The median of every coordinate's marginal, constrained (as for the
+        single Gaussian, a per-coordinate summary in the unconstrained space)."""
+        return self.quantiles(params, 0.5)
 
     def quantiles(self, params, quantiles):
-        raise NotImplementedError("a Gaussian mixture has no closed-form quantiles; use sample_posterior.")
+        """Quantiles of every coordinate's marginal ``sum_c pi_c N(mu_cj, s_cj^2)``
+        (bisection on its CDF, to float resolution), constrained."""
+        posterior = self.get_posterior(params)
+        locs, scales = posterior.component_distribution.loc, jnp.sqrt(posterior.component_distribution.variance)
+        latent = _mixture_marginal_quantiles(posterior.mixing_distribution.probs, locs, scales, jnp.asarray(quantiles))
+        return self._unpack_and_constrain(latent, params)
+
+
+def _mixture_marginal_quantiles(weights, locs, scales, quantiles, num_iterations=100):
+    """``x`` with ``sum_c w_c Phi((x - m_c) / s_c) = q`` per coordinate, for each
+    ``q`` in ``quantiles`` (shape ``quantiles.shape + (p,)``)."""
+    q = quantiles[..., None]
+    cdf = lambda x: jnp.sum(weights[:, None] * jax.scipy.stats.norm.cdf((x[..., None, :] - locs) / scales), -2)
+    lower = jnp.broadcast_to(jnp.min(locs - 40.0 * scales, 0), q.shape[:-1] + locs.shape[-1:])
+    upper = jnp.broadcast_to(jnp.max(locs + 40.0 * scales, 0), lower.shape)
+
+    def bisect(_, bounds):
+        lower, upper = bounds
+        middle = 0.5 * (lower + upper)
+        below = cdf(middle) < q
+        return jnp.where(below, middle, lower), jnp.where(below, upper, middle)
+
+    lower, upper = jax.lax.fori_loop(0, num_iterations, bisect, (lower, upper))
+    return 0.5 * (lower + upper)

@@ -50,8 +50,11 @@ class StructuredGaussian(AutoContinuous):
         super().__init__(model, prefix=prefix, init_loc_fn=init_loc_fn)
 
     def _setup_prototype(self, *args, **kwargs):
+        # Latents start where init_to_uniform puts them (as NumPyro's own set-up
+        # does), so that sites without a sampler (ImproperUniform) trace too.
+        seeded = numpyro.handlers.substitute(numpyro.handlers.seed(self.model, 0), substitute_fn=init_to_uniform)
         with numpyro.handlers.block():
-            trace = numpyro.handlers.trace(numpyro.handlers.seed(self.model, 0)).get_trace(*args, **kwargs)
+            trace = numpyro.handlers.trace(seeded).get_trace(*args, **kwargs)
         check_continuous_latents(trace)
         try:
             super()._setup_prototype(*args, **kwargs)

@@ -27,10 +27,15 @@ class VIAlgorithm(NamedTuple):
 
 
 def as_target(potential_fn, log_likelihood_fn=None):
-    """A :class:`ngvi.target.Target` from ``l(z) = -log p(z)`` (or a ``Target`` as it is)."""
+    """A :class:`ngvi.target.Target` from ``l(z) = -log p(z)`` and, optionally,
+    ``log_likelihood_fn(z)``, the vector of per-example log-likelihoods (each of
+    weight 1 in ``l``); a ``Target`` is returned as it is."""
     if isinstance(potential_fn, Target):
         return potential_fn
-    return Target(potential_fn, log_likelihood_fn)
+    if log_likelihood_fn is None:
+        return Target(potential_fn)
+    with_unit_scales = lambda z: (log_likelihood_fn(z), jnp.ones_like(log_likelihood_fn(z)))
+    return Target(potential_fn, with_unit_scales)
 
 
 def step_size_at(step_size, step):

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from ngvi import gaussian
-from ngvi.estimators import gaussian_samples, resolve
+from ngvi.estimators import gaussian_samples, resolve, sample_loss
 from ngvi.groups import Dense
 from ngvi.ngd import is_finite, natural_gradient_step
 from ngvi.vi.base import VIAlgorithm, as_target, check_num_samples, keep_if, step_size_at
@@ -104,10 +104,10 @@ def step(
 
 
 def loss(rng_key, state, target, group, num_samples=8, gamma=1.0):
-    """``L = mean_n l(z_n) + gamma E_q[log q]`` from ``num_samples`` antithetic draws."""
-    _, z = gaussian_samples(rng_key, group, state.loc, state.factor, num_samples)
-    values = jax.vmap(target.potential)(z)
-    return jnp.mean(values) + gamma * gaussian.neg_entropy(group, state.factor, state.loc.shape[-1])
+    """``L = mean_n [l(z_n) + gamma log q(z_n)]`` from ``num_samples`` antithetic draws
+    (:func:`ngvi.estimators.sample_loss`)."""
+    eps, z = gaussian_samples(rng_key, group, state.loc, state.factor, num_samples)
+    return sample_loss(jax.vmap(target.potential)(z), eps, group, state.factor, gamma)
 
 
 def sample(rng_key, state, group, num_draws):

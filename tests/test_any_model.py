@@ -1,0 +1,127 @@
+"""Models written by others, as a new user would bring them: a latent site
+without a sampler, stock NumPyro ELBOs on the guide, Gauss-Newton under data
+subsampling, summaries of a mixture guide, and the command line's answers to
+user mistakes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+import pytest
+from numpyro.distributions import constraints
+from numpyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
+
+from ngvi import NGVI, StructuredGaussian, StructuredGaussianMixture, estimators, groups
+from ngvi.cli import main
+from ngvi.models import logistic_regression
+from ngvi.target import make_target
+
+KEY = jax.random.PRNGKey(0)
+
+
+def external_density_model():
+    """An external log density brought in by ``numpyro.factor`` on an ``ImproperUniform`` site."""
+    z = numpyro.sample("z", dist.ImproperUniform(constraints.real_vector, (), (3,)))
+    numpyro.factor("log_density", -0.5 * jnp.sum((z - jnp.array([1.0, 2.0, 3.0])) ** 2 / jnp.array([1.0, 4.0, 9.0])))
+
+
+def test_improper_uniform_with_a_factor_is_fitted():
+    guide = StructuredGaussian(external_density_model)
+    result = NGVI(external_density_model, guide).run(KEY, 60, progress_bar=False)
+    posterior = guide.get_posterior(result.params)
+    np.testing.assert_allclose(posterior.loc, [1.0, 2.0, 3.0], rtol=1e-6)
+    np.testing.assert_allclose(posterior.variance, [1.0, 4.0, 9.0], rtol=1e-6)
+
+
+def small_regression():
+    x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+    numpyro.sample("y", dist.Normal(jnp.sum(x), 0.5), obs=1.0)
+
+
+@pytest.mark.parametrize("elbo", [TraceGraph_ELBO(), TraceMeanField_ELBO()], ids=lambda e: type(e).__name__)
+def test_stock_elbos_see_a_reparameterised_guide(elbo):
+    """The guide's draw is reparameterised, so TraceGraph_ELBO adds no score
+    term: every stock ELBO gives Trace_ELBO's gradient for the same key."""
+    guide = StructuredGaussian(small_regression, group=groups.BlockUpperTriangular(1))
+    svi = SVI(small_regression, guide, optax.adam(0.01), Trace_ELBO())
+    params = svi.get_params(svi.init(KEY))
+    grad = lambda loss: jax.grad(lambda p: loss.loss(jax.random.PRNGKey(3), p, small_regression, guide))(params)
+    expected, got = grad(Trace_ELBO()), grad(elbo)
+    for name in params:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_renyi_elbo_trains_the_guide():
+    guide = StructuredGaussian(small_regression)
+    result = SVI(small_regression, guide, optax.adam(0.05), RenyiELBO(alpha=0.5, num_particles=4)).run(
+        KEY, 500, progress_bar=False
+    )
+    # the posterior is Gaussian (in the family, so optimal for every alpha): E[sum x | y = 1] = 3 / (3 + 0.25)
+    loc = guide.get_posterior(result.params).loc
+    assert abs(float(jnp.sum(loc)) - 3.0 / 3.25) < 0.05
+
+
+def test_gauss_newton_under_subsampling_is_unbiased_for_the_full_data_matrix():
+    """At a fixed ``(mu, B)``, the Gauss-Newton diagonal averaged over subsample
+    keys equals the full-data one within 5 standard errors (a per-example
+    gradient scaled by ``N / batch`` and then squared would be ``N / batch``
+    times too large)."""
+    data = logistic_regression.data()
+    guide = StructuredGaussian(logistic_regression.model, group=groups.Diagonal())
+    NGVI(logistic_regression.model, guide).init(KEY, **data)
+    loc, factor = guide.init_state().loc, guide.init_state().factor
+
+    def diagonal(model_key, **kwargs):
+        target = make_target(logistic_regression.model, guide, model_key, (), {**data, **kwargs})
+        estimate = estimators.gauss_newton(KEY, target, guide.group, loc, factor, 2, 1.0)
+        return estimate.curvature.diagonal()
+
+    full = diagonal(KEY)
+    subsampled = jax.jit(jax.vmap(lambda k: diagonal(k, subsample_size=50)))(jax.random.split(KEY, 2000))
+    mean, se = np.mean(subsampled, 0), np.std(subsampled, 0) / np.sqrt(len(subsampled))
+    assert np.all(np.abs(mean - full) < 5 * se), np.max(np.abs(mean - full) / se)
+    assert np.median(np.abs(mean / full - 1)) < 0.05
+
+
+def test_mixture_median_and_quantiles_are_those_of_the_marginals():
+    def model():
+        numpyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        numpyro.sample("s", dist.LogNormal(0.0, 1.0))
+
+    guide = StructuredGaussianMixture(model, num_components=3, group=groups.Diagonal(), init_scale=0.7)
+    with numpyro.handlers.block():
+        numpyro.handlers.seed(guide, 0)()
+    params = guide.params_from_state(guide.init_state())
+    qs = guide.quantiles(params, [0.1, 0.5, 0.9])
+    draws = guide.sample_posterior(jax.random.PRNGKey(1), params, sample_shape=(100_000,))
+    for name in ("z", "s"):
+        np.testing.assert_allclose(qs[name], np.quantile(np.asarray(draws[name]), [0.1, 0.5, 0.9], axis=0), rtol=0.02, atol=0.02)
+    np.testing.assert_allclose(guide.median(params)["s"], qs["s"][1])
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("def data():\n    return {}\n", "must define `model` and `data()`; `model` is missing"),
+        ("import not_a_module_anywhere\n", "needs a module that is not installed: No module named 'not_a_module_anywhere'"),
+        (
+            "import numpyro\ndef model():\n    pass\ndef data():\n    return dict(x=open('/no/such/file.csv').read())\n",
+            "data() could not read '/no/such/file.csv'",
+        ),
+    ],
+    ids=["no-model", "missing-import", "missing-data-file"],
+)
+def test_model_file_mistakes_are_one_line_errors(tmp_path, capsys, text, message):
+    path = tmp_path / "user_model.py"
+    path.write_text(text)
+    assert main(["fit", str(path), "--steps", "5"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_zero_steps_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "eight_schools", "--steps", "0"])
+    assert exit_info.value.code == 2 and "must be a positive integer" in capsys.readouterr().err
