@@ -3,6 +3,9 @@ without a sampler, stock NumPyro ELBOs on the guide, Gauss-Newton under data
 subsampling, summaries of a mixture guide, and the command line's answers to
 user mistakes."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -125,3 +128,36 @@ def test_zero_steps_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "eight_schools", "--steps", "0"])
     assert exit_info.value.code == 2 and "must be a positive integer" in capsys.readouterr().err
+
+
+GP_SCRIPT = """
+import jax, jax.numpy as jnp, numpy as np, numpyro, numpyro.distributions as dist
+from ngvi import NGVI, StructuredGaussian
+
+def model(x, y):
+    amplitude = numpyro.sample("amplitude", dist.LogNormal(0.0, 1.0))
+    length_scale = numpyro.sample("length_scale", dist.LogNormal(0.0, 1.0))
+    k = amplitude**2 * jnp.exp(-0.5 * (x[:, None] - x[None]) ** 2 / length_scale**2) + 1e-4 * jnp.eye(x.shape[0])
+    f = numpyro.sample("f", dist.MultivariateNormal(jnp.zeros(x.shape[0]), covariance_matrix=k))
+    numpyro.sample("y", dist.Poisson(jnp.exp(f)), obs=y)
+
+x = jnp.linspace(0.0, 10.0, 30)
+y = jnp.asarray(np.random.default_rng(0).poisson(np.exp(np.sin(np.asarray(x)))), x.dtype)
+result = NGVI(model, StructuredGaussian(model), estimator="hessian").run(jax.random.PRNGKey(0), 5, x, y, progress_bar=False)
+print("steps", int(result.state.vi_state.step))
+"""
+
+
+def test_gaussian_process_with_a_cholesky_does_not_hang(tmp_path):
+    """A Poisson GP whose kernel's Cholesky is inside the model, fitted with the
+    "hessian" estimator (batched Cholesky factorisations and triangular solves at
+    every draw and product), in a subprocess with a time limit: a hang of the
+    linear algebra fails the test instead of blocking the suite."""
+    script = tmp_path / "gp.py"
+    script.write_text(GP_SCRIPT)
+    try:
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the GP fit did not finish within 600 s (jax {jax.__version__})")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "steps 5" in done.stdout
