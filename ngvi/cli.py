@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 from ngvi import groups
 from ngvi.guides import StructuredGaussian
@@ -162,7 +163,7 @@ def fit(options):
     start_text = ", from a Laplace start" if options.laplace else ""
     print(f"\nngvi: {options.model}, group {guide.group!r}, estimator {options.estimator}, {options.steps} steps{start_text} "
           f"in {vi_seconds:.1f} s, rejected steps {int(result.state.num_rejected)}, "
-          f"final loss {float(result.losses[-50:].mean()):.3f}, Pareto k {idata.attrs['pareto_k']:.2f}")
+          f"final loss {float(jnp.nanmean(result.losses[-50:])):.3f}, Pareto k {idata.attrs['pareto_k']:.2f}")
     print(az.summary(idata, kind="stats").to_string())
     idata_nuts = None
     if options.compare_nuts:

@@ -16,7 +16,6 @@ estimator has the signature
 """
 
 import inspect
-import math
 from functools import partial
 from typing import NamedTuple
 
@@ -27,19 +26,24 @@ from ngvi.curvature import Curvature, DenseCurvature, HessianCurvature, LowRankC
 from ngvi.gaussian import antithetic_normals, from_standard, log_prob_standard
 
 __all__ = [
-    "Estimate", "ESTIMATORS", "resolve", "hessian", "stein", "gauss_newton", "zeroth_order", "gaussian_samples",
+    "Estimate", "ESTIMATORS", "resolve", "draw_weights", "sample_loss", "hessian", "stein", "gauss_newton", "zeroth_order", "gaussian_samples",
     "hessian_curvature",
 ]
 
 
 class Estimate(NamedTuple):
     """``num_grads``: the gradient (or value) evaluations of ``l`` the estimate
-    made itself; its curvature operator counts the products it is asked for."""
+    made itself (its curvature operator counts the products it is asked for);
+    ``num_dropped``: draws left out because ``l`` or its gradient was not finite
+    there (:func:`draw_weights`); ``loss_se``: a standard error of ``loss``
+    (from the draws' spread, ignoring the antithetic pairing: an upper bound)."""
 
     loss: jax.Array
+    loss_se: jax.Array
     grad_loc: jax.Array
     curvature: Curvature
     num_grads: int
+    num_dropped: jax.Array
 
 
 def gaussian_samples(key, group, loc, factor, num_samples):
@@ -53,22 +57,52 @@ def _values_and_grads(potential, z):
     return jax.vmap(jax.value_and_grad(potential))(z)
 
 
-def _estimate(values, eps, grad_loc, curvature, group, factor, gamma, num_grads=None):
-    loss = sample_loss(values, eps, group, factor, gamma)
-    return Estimate(loss, grad_loc, curvature, values.shape[0] if num_grads is None else num_grads)
+def draw_weights(*per_draw):
+    """Weights ``w_n`` of the draws in the averages: equal over the antithetic
+    pairs ``(2i, 2i + 1)`` whose every value in ``per_draw`` (arrays with a
+    leading draw axis) is finite, zero on the others, so that one draw where
+    the model cannot be evaluated (a failed Cholesky, an overflow) leaves its
+    pair out instead of making the whole step non-finite. All zero (and the
+    loss not finite) when no pair is finite."""
+    num = per_draw[0].shape[0]
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x.reshape(num, -1)), axis=-1) for x in per_draw]), axis=0)
+    pair = jnp.arange(num) // 2
+    kept = jax.ops.segment_min(finite.astype(jnp.int32), pair, num_segments=(num + 1) // 2)[pair] > 0
+    return kept / jnp.maximum(jnp.sum(kept), 1).astype(per_draw[0].dtype)
 
 
-def sample_loss(values, eps, group, factor, gamma):
-    """``L ~ mean_n [l(z_n) + gamma log q(z_n)]`` at ``z_n = mu + B^-T eps_n``: unbiased,
-    and exact (no Monte-Carlo error) wherever ``l + gamma log q`` is constant, as at
-    the optimum for a target in the family; ``log q(z_n)`` costs no product."""
-    return jnp.mean(values + gamma * log_prob_standard(group, factor, eps))
+def _weighted_sum(weights, x):
+    """``sum_n w_n x_n``, with the left-out draws' values (maybe not finite) read as 0."""
+    shaped = weights.reshape((-1,) + (1,) * (x.ndim - 1))
+    return jnp.sum(shaped * jnp.where(shaped > 0, x, 0.0), axis=0)
 
 
-def _mean_hvp(fn, z):
-    """``v -> mean_n hess fn(z_n) v`` by forward-over-reverse products."""
+def _estimate(values, eps, weights, grad_loc, curvature, group, factor, gamma, num_grads=None):
+    loss, loss_se = sample_loss(values, eps, group, factor, gamma, weights)
+    num_dropped = jnp.sum(weights == 0)
+    num_grads = values.shape[0] if num_grads is None else num_grads
+    return Estimate(loss, loss_se, grad_loc, curvature, num_grads, num_dropped)
+
+
+def sample_loss(values, eps, group, factor, gamma, weights=None):
+    """``L ~ sum_n w_n [l(z_n) + gamma log q(z_n)]`` at ``z_n = mu + B^-T eps_n``
+    (``w_n = 1 / n`` by default) and its standard error: unbiased, and exact
+    (no Monte-Carlo error) wherever ``l + gamma log q`` is constant, as at the
+    optimum for a target in the family; ``log q(z_n)`` costs no product. Not
+    finite when no draw is kept."""
+    weights = draw_weights(values) if weights is None else weights
+    terms = values + gamma * log_prob_standard(group, factor, eps)
+    loss = _weighted_sum(weights, terms)
+    spread = _weighted_sum(weights, (terms - loss) ** 2) / jnp.maximum(jnp.sum(weights > 0), 1)
+    kept = jnp.any(weights > 0)
+    return jnp.where(kept, loss, jnp.nan), jnp.where(kept, jnp.sqrt(spread), jnp.nan)
+
+
+def _mean_hvp(fn, z, weights=None):
+    """``v -> sum_n w_n hess fn(z_n) v`` by forward-over-reverse products (``w_n = 1 / n`` by default)."""
     grad = jax.grad(fn)
-    return lambda v: jnp.mean(jax.vmap(lambda zi: jax.jvp(grad, (zi,), (v,))[1])(z), axis=0)
+    weights = jnp.full(z.shape[:1], 1.0 / z.shape[0], z.dtype) if weights is None else weights
+    return lambda v: _weighted_sum(weights, jax.vmap(lambda zi: jax.jvp(grad, (zi,), (v,))[1])(z))
 
 
 def hessian(key, target, group, loc, factor, num_samples, gamma, probes=None, curvature_samples=None):
@@ -85,17 +119,20 @@ def hessian(key, target, group, loc, factor, num_samples, gamma, probes=None, cu
     sample_key, probe_key = jax.random.split(key)
     eps, z = gaussian_samples(sample_key, group, loc, factor, num_samples)
     values, grads = _values_and_grads(target.potential, z)
+    weights = draw_weights(values, grads)
     rademacher = None if probes is None else jax.random.rademacher(probe_key, (probes, loc.shape[-1]), loc.dtype)
-    z_curvature = z[: _check_curvature_samples(curvature_samples, num_samples)]
-    curvature = hessian_curvature(target.potential, z_curvature, group, rademacher)
-    return _estimate(values, eps, jnp.mean(grads, axis=0), curvature, group, factor, gamma)
+    m = _check_curvature_samples(curvature_samples, num_samples)
+    curvature_weights = weights[:m] / jnp.maximum(jnp.sum(weights[:m]), jnp.finfo(loc.dtype).tiny)
+    curvature = hessian_curvature(target.potential, z[:m], group, rademacher, curvature_weights)
+    return _estimate(values, eps, weights, _weighted_sum(weights, grads), curvature, group, factor, gamma)
 
 
-def hessian_curvature(fn, z, group, probes=None):
-    """``H = mean_n hess fn(z_n)`` as the operator ``group`` reads: a matrix
-    (``p`` products per point) for a full-matrix group without ``probes``,
-    otherwise products on demand (Hutchinson ``probes``, ``(n, p)``, if given)."""
-    hvp, (num, dim) = _mean_hvp(fn, z), z.shape
+def hessian_curvature(fn, z, group, probes=None, weights=None):
+    """``H = sum_n w_n hess fn(z_n)`` (``w_n = 1 / n`` by default) as the operator
+    ``group`` reads: a matrix (``p`` products per point) for a full-matrix group
+    without ``probes``, otherwise products on demand (Hutchinson ``probes``,
+    ``(n, p)``, if given)."""
+    hvp, (num, dim) = _mean_hvp(fn, z, weights), z.shape
     if probes is None and group.dense_curvature:
         return DenseCurvature(jax.vmap(hvp)(jnp.eye(dim, dtype=z.dtype)), num_grads=2 * num * dim)
     return HessianCurvature(hvp, dim, z.dtype, probes, num_points=num)
@@ -116,9 +153,11 @@ def stein(key, target, group, loc, factor, num_samples, gamma):
     with ``S (z - mu) = B eps``, so ``H = sym(mean_n (B eps_n) g_n^T)``."""
     eps, z = gaussian_samples(key, group, loc, factor, num_samples)
     values, grads = _values_and_grads(target.potential, z)
+    weights = draw_weights(values, grads)
     b_eps = jax.vmap(lambda e: group.matvec(factor, e))(eps)
-    curvature = LowRankCurvature(b_eps / num_samples, grads)
-    return _estimate(values, eps, jnp.mean(grads, axis=0), curvature, group, factor, gamma)
+    kept_grads = jnp.where(weights[:, None] > 0, grads, 0.0)
+    curvature = LowRankCurvature(b_eps * weights[:, None], kept_grads)
+    return _estimate(values, eps, weights, _weighted_sum(weights, grads), curvature, group, factor, gamma)
 
 
 def gauss_newton(key, target, group, loc, factor, num_samples, gamma):
@@ -133,16 +172,19 @@ def gauss_newton(key, target, group, loc, factor, num_samples, gamma):
     terms = lambda zi: target.log_likelihood(zi)[0]
     scales = target.log_likelihood(loc)[1]  # fixed by the model's plates
     prior = lambda zi: target.potential(zi) + jnp.sum(scales * terms(zi))
-    per_example = jax.vmap(jax.jacrev(terms))(z) * jnp.sqrt(scales)[None, :, None]  # (n, N, p)
+    per_example = jax.vmap(jax.jacrev(terms))(z)  # (n, N, p)
+    weights = draw_weights(values, grads, per_example)
+    per_example = jnp.where(weights[:, None, None] > 0, per_example, 0.0)
+    per_example = per_example * jnp.sqrt(scales[None, :, None] * weights[:, None, None])
     num_examples = per_example.shape[1]
-    per_example = per_example.reshape(-1, loc.shape[-1]) / math.sqrt(num_samples)
+    per_example = per_example.reshape(-1, loc.shape[-1])
     curvature = SumCurvature(
-        HessianCurvature(_mean_hvp(prior, z), loc.shape[-1], loc.dtype, num_points=num_samples),
+        HessianCurvature(_mean_hvp(prior, z, weights), loc.shape[-1], loc.dtype, num_points=num_samples),
         LowRankCurvature(per_example, per_example),
     )
     # jacrev takes one reverse pass per example and draw
     num_grads = num_samples * (1 + num_examples)
-    return _estimate(values, eps, jnp.mean(grads, axis=0), curvature, group, factor, gamma, num_grads)
+    return _estimate(values, eps, weights, _weighted_sum(weights, grads), curvature, group, factor, gamma, num_grads)
 
 
 def zeroth_order(key, target, group, loc, factor, num_samples, gamma):
@@ -151,11 +193,12 @@ def zeroth_order(key, target, group, loc, factor, num_samples, gamma):
     the ``S`` term vanishes because the centred values sum to zero."""
     eps, z = gaussian_samples(key, group, loc, factor, num_samples)
     values = jax.vmap(target.potential)(z)
-    centred = values - jnp.mean(values)
+    weights = draw_weights(values)
+    centred = jnp.where(weights > 0, values - _weighted_sum(weights, values), 0.0)
     b_eps = jax.vmap(lambda e: group.matvec(factor, e))(eps)
-    weighted = b_eps * centred[:, None] / num_samples
+    weighted = b_eps * (weights * centred)[:, None]
     curvature = LowRankCurvature(weighted, b_eps)
-    return _estimate(values, eps, jnp.sum(weighted, axis=0), curvature, group, factor, gamma)
+    return _estimate(values, eps, weights, jnp.sum(weighted, axis=0), curvature, group, factor, gamma)
 
 
 ESTIMATORS = {"hessian": hessian, "stein": stein, "gauss_newton": gauss_newton, "zeroth_order": zeroth_order}

@@ -132,7 +132,7 @@ class NGVI:
             fit_key, loc=vi_state.loc, factor=vi_state.factor
         )
         check_laplace_start(start)
-        return vi_state._replace(loc=start.loc, factor=start.factor)
+        return self.guide.init_state(start.loc, start.factor)
 
     def _update(self, state, args, kwargs):
         """One step: ``(state, info)``. The state's key splits into the next key,
@@ -169,7 +169,7 @@ class NGVI:
                     state, info = scan_chunk(state, length)
                     chunks.append(info)
                     done += length
-                    bar.set_postfix_str(f"loss {float(jnp.mean(info.loss)):.4g}, rejected {int(state.num_rejected)}")
+                    bar.set_postfix_str(f"loss {float(jnp.nanmean(info.loss)):.4g}, rejected {int(state.num_rejected)}")
                     bar.update(length)
             info = jax.tree.map(lambda *parts: jnp.concatenate(parts), *chunks)
         return NGVIRunResult(self.get_params(state), state, info.loss, info)

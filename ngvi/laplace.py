@@ -76,7 +76,8 @@ def fit_factor(key, group, loc, factor, curvature, max_iterations=200):
     norm is below ``sqrt(machine epsilon)`` (or ``max_iterations``): from ``B = I / scale``
     each step shrinks ``B`` at most 2-fold, then the dense step converges
     quadratically. Returns ``(factor, iterations, last step norm)``."""
-    estimate = Estimate(jnp.zeros((), loc.dtype), jnp.zeros_like(loc), curvature, 0)
+    zero = jnp.zeros((), loc.dtype)
+    estimate = Estimate(zero, zero, jnp.zeros_like(loc), curvature, 0, jnp.zeros((), jnp.int32))
     tolerance = jnp.sqrt(jnp.finfo(loc.dtype).eps)
 
     def step(carry):

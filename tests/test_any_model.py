@@ -143,16 +143,20 @@ def model(x, y):
 
 x = jnp.linspace(0.0, 10.0, 30)
 y = jnp.asarray(np.random.default_rng(0).poisson(np.exp(np.sin(np.asarray(x)))), x.dtype)
-result = NGVI(model, StructuredGaussian(model), estimator="hessian").run(jax.random.PRNGKey(0), 5, x, y, progress_bar=False)
-print("steps", int(result.state.vi_state.step))
+result = NGVI(model, StructuredGaussian(model), estimator="hessian").run(jax.random.PRNGKey(0), 60, x, y, progress_bar=False)
+finite = all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(result.params)) and bool(jnp.isfinite(result.losses[-1]))
+print("steps", int(result.state.vi_state.step), "rejected", int(result.state.num_rejected), "finite", finite, x.dtype)
 """
 
 
-def test_gaussian_process_with_a_cholesky_does_not_hang(tmp_path):
+def test_gaussian_process_with_a_cholesky_does_not_hang_and_gets_through_failed_factorisations(tmp_path):
     """A Poisson GP whose kernel's Cholesky is inside the model, fitted with the
     "hessian" estimator (batched Cholesky factorisations and triangular solves at
     every draw and product), in a subprocess with a time limit: a hang of the
-    linear algebra fails the test instead of blocking the suite."""
+    linear algebra fails the test instead of blocking the suite. In float32 the
+    Cholesky fails at long length scales; draws there are left out and a move
+    into such a region is undone, so few steps are rejected and the fit ends
+    finite (before, 89 of 100 steps were rejected and the loss was NaN)."""
     script = tmp_path / "gp.py"
     script.write_text(GP_SCRIPT)
     try:
@@ -160,4 +164,5 @@ def test_gaussian_process_with_a_cholesky_does_not_hang(tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail(f"the GP fit did not finish within 600 s (jax {jax.__version__})")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "steps 5" in done.stdout
+    steps, rejected, finite, dtype = done.stdout.split()[1::2]
+    assert (steps, finite, dtype) == ("60", "True", "float32") and int(rejected) <= 6, done.stdout

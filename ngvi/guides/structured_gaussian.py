@@ -87,10 +87,11 @@ class StructuredGaussian(AutoContinuous):
         guide's group (``settings`` as that function takes them)."""
         return vi.structured_gaussian(potential_fn, group=self.group, **settings)
 
-    def init_state(self):
-        """The algorithm's initial state (``init_loc_fn``, ``init_scale``); needs
-        the prototype (run the guide once)."""
-        return vi.structured_gaussian.init(self._init_latent, self.group, self._init_scale)
+    def init_state(self, loc=None, factor=None):
+        """The algorithm's initial state (``init_loc_fn``, ``init_scale``), or one
+        at ``(loc, factor)``; needs the prototype (run the guide once)."""
+        loc = self._init_latent if loc is None else loc
+        return vi.structured_gaussian.init(loc, self.group, self._init_scale, factor)
 
     def params_from_state(self, state):
         """The param dict of an algorithm state."""

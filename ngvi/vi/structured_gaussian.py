@@ -28,18 +28,25 @@ __all__ = ["StructuredGaussianState", "StructuredGaussianInfo", "init", "step", 
 
 class StructuredGaussianState(NamedTuple):
     """``loc`` is ``mu``, ``factor`` the group's storage of ``B``; ``step`` counts
-    the steps taken (the step-size schedules read it)."""
+    the steps taken (the step-size schedules read it). ``backup`` is the last
+    state whose loss was accepted, ``(loc, factor, loss, loss_se)``, and
+    ``radius`` in ``(0, 1]`` the factor the step sizes are scaled by: a loss
+    that jumps above the backup's returns the state to it and halves the
+    radius (:func:`step`). Both ``None`` switch this off (a mixture's components)."""
 
     loc: jax.Array
     factor: Any
     step: jax.Array
+    backup: Any = None
+    radius: Any = None
 
 
 class StructuredGaussianInfo(NamedTuple):
     """Diagnostics of one step.
 
     * ``loss``: the estimate of ``L = E_q[l] + gamma E_q[log q]`` at the state
-      before the step (the negative ELBO for ``gamma = 1``);
+      before the step (the negative ELBO for ``gamma = 1``); where it is not
+      finite, the loss of the backup the step returns to;
     * ``rejected``: the step was not finite and the state was kept;
     * ``step_size``: ``beta``;
     * ``loc_norm``, ``factor_norm``: the unclipped sizes of the mean step (in
@@ -47,7 +54,10 @@ class StructuredGaussianInfo(NamedTuple):
     * ``loc_scale``, ``factor_scale``: the factors the trust region scaled them
       by (``< 1``: clipped);
     * ``num_grads``: gradient evaluations of ``l`` the step used (a value of
-      ``l`` counts as one, a Hessian-vector product as two).
+      ``l`` counts as one, a Hessian-vector product as two);
+    * ``num_dropped``: draws left out of the averages because ``l`` or its
+      gradient was not finite there (whole antithetic pairs,
+      :func:`ngvi.estimators.draw_weights`).
     """
 
     loss: jax.Array
@@ -58,18 +68,29 @@ class StructuredGaussianInfo(NamedTuple):
     loc_scale: jax.Array
     factor_scale: jax.Array
     num_grads: jax.Array
+    num_dropped: jax.Array
 
 
-def init(position, group, scale=1.0):
-    """``mu = position``, ``B = I / scale`` (so every standard deviation is ``scale``).
-    Raises ``ValueError`` if ``group`` does not fit ``p = len(position)``."""
+def init(position, group, scale=1.0, factor=None):
+    """``mu = position``, ``B = I / scale`` (so every standard deviation is
+    ``scale``), or ``B = factor`` if given. Raises ``ValueError`` if ``group``
+    does not fit ``p = len(position)``."""
     position = jnp.asarray(position)
     if position.ndim != 1:
         raise ValueError(f"position must be a flat vector (p,), got shape {position.shape}.")
     if not scale > 0:
         raise ValueError(f"scale must be positive, got {scale}.")
-    factor = group.init(position.shape[0], scale, position.dtype)
-    return StructuredGaussianState(position, factor, jnp.zeros((), jnp.int32))
+    factor = group.init(position.shape[0], scale, position.dtype) if factor is None else factor
+    infinite = jnp.asarray(jnp.inf, position.dtype)
+    backup = (position, factor, infinite, jnp.zeros((), position.dtype))
+    return StructuredGaussianState(position, factor, jnp.zeros((), jnp.int32), backup, jnp.ones((), position.dtype))
+
+
+# A loss estimate more than LOSS_JUMP_SE of the backup's standard errors plus
+# LOSS_JUMP_NATS above the backup's loss undoes the last move (the backup's error,
+# not the new one: a move into heavy tails has a large error of its own); the
+# radius grows back by RADIUS_GROWTH.
+LOSS_JUMP_SE, LOSS_JUMP_NATS, RADIUS_GROWTH = 10.0, 10.0, 1.25
 
 
 def step(
@@ -87,27 +108,49 @@ def step(
     """One step: ``estimator`` (a function of :mod:`ngvi.estimators`' signature)
     estimates ``g_mu`` and ``E_q[hess l]`` from ``num_samples`` draws, then
     :func:`ngvi.ngd.natural_gradient_step` moves ``(mu, B)`` with its step
-    control. A step whose result or loss is not finite is rejected: the
-    state keeps its ``loc`` and ``factor`` and ``info.rejected`` is True.
+    control, ``beta`` and both trust radii scaled by ``state.radius``.
+
+    Draws where ``l`` is not finite are left out of the averages
+    (``info.num_dropped``). The step is rejected (``info.rejected``) when its
+    result is not finite, and when the loss estimate at the state is not finite
+    or jumped more than ``LOSS_JUMP_SE`` of the backup's standard errors plus
+    ``LOSS_JUMP_NATS`` above the backup's loss: then the state returns to the backup (the last move
+    is undone) and the radius halves; an accepted step makes the state the
+    backup and grows the radius back towards 1.
     Returns ``(state, StructuredGaussianInfo)``."""
     estimate_key, step_key = jax.random.split(rng_key)
+    radius = 1.0 if state.radius is None else state.radius
     beta = jnp.asarray(step_size_at(step_size, state.step), state.loc.dtype)
     estimate = estimator(estimate_key, target, group, state.loc, state.factor, num_samples, gamma)
     loc, factor, step_info = natural_gradient_step(
-        step_key, group, state.loc, state.factor, estimate, beta, gamma, trust_radius, loc_trust_radius
+        step_key, group, state.loc, state.factor, estimate, radius * beta, gamma,
+        radius * trust_radius, radius * loc_trust_radius,
     )
     accept = is_finite(loc, factor, estimate.loss)
-    loc, factor = keep_if(accept, (loc, factor), (state.loc, state.factor))
+    if state.backup is None:
+        loc, factor = keep_if(accept, (loc, factor), (state.loc, state.factor))
+        new_state = StructuredGaussianState(loc, factor, state.step + 1)
+    else:
+        backup_loc, backup_factor, backup_loss, backup_se = state.backup
+        jump = LOSS_JUMP_SE * backup_se + LOSS_JUMP_NATS
+        undo = ~jnp.isfinite(estimate.loss) | (estimate.loss > backup_loss + jump)
+        accept = accept & ~undo
+        fallback = keep_if(undo, (backup_loc, backup_factor), (state.loc, state.factor))
+        loc, factor = keep_if(accept, (loc, factor), fallback)
+        backup = keep_if(accept, (state.loc, state.factor, estimate.loss, estimate.loss_se), state.backup)
+        radius = jnp.where(accept, jnp.minimum(1.0, RADIUS_GROWTH * radius), 0.5 * radius)
+        new_state = StructuredGaussianState(loc, factor, state.step + 1, backup, radius)
+        estimate = estimate._replace(loss=jnp.where(jnp.isfinite(estimate.loss), estimate.loss, backup_loss))
     num_grads = jnp.asarray(estimate.num_grads + estimate.curvature.num_grads, jnp.int32)
-    info = StructuredGaussianInfo(estimate.loss, ~accept, beta, *step_info, num_grads)
-    return StructuredGaussianState(loc, factor, state.step + 1), info
+    info = StructuredGaussianInfo(estimate.loss, ~accept, beta, *step_info, num_grads, estimate.num_dropped)
+    return new_state, info
 
 
 def loss(rng_key, state, target, group, num_samples=8, gamma=1.0):
     """``L = mean_n [l(z_n) + gamma log q(z_n)]`` from ``num_samples`` antithetic draws
     (:func:`ngvi.estimators.sample_loss`)."""
     eps, z = gaussian_samples(rng_key, group, state.loc, state.factor, num_samples)
-    return sample_loss(jax.vmap(target.potential)(z), eps, group, state.factor, gamma)
+    return sample_loss(jax.vmap(target.potential)(z), eps, group, state.factor, gamma)[0]
 
 
 def sample(rng_key, state, group, num_draws):
