@@ -145,7 +145,7 @@ x = jnp.linspace(0.0, 10.0, 30)
 y = jnp.asarray(np.random.default_rng(0).poisson(np.exp(np.sin(np.asarray(x)))), x.dtype)
 result = NGVI(model, StructuredGaussian(model), estimator="hessian").run(jax.random.PRNGKey(0), 60, x, y, progress_bar=False)
 finite = all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(result.params)) and bool(jnp.isfinite(result.losses[-1]))
-print("steps", int(result.state.vi_state.step), "rejected", int(result.state.num_rejected), "finite", finite, x.dtype)
+print("steps", int(result.state.vi_state.step), "rejected", int(result.state.num_rejected), "finite", finite, "dtype", x.dtype)
 """
 
 
