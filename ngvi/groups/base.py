@@ -13,12 +13,17 @@ import abc
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Group", "tree_axpy", "whitened_factors"]
+__all__ = ["Group", "tree_axpy", "symmetric_part", "whitened_factors"]
 
 
 def tree_axpy(a, x, y):
     """``a * x + y`` leaf by leaf (elements of one sub-algebra form a vector space)."""
     return jax.tree.map(lambda xi, yi: a * xi + yi, x, y)
+
+
+def symmetric_part(a):
+    """``(A + A^T) / 2``."""
+    return 0.5 * (a + a.T)
 
 
 def whitened_factors(group, b, curvature):

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ngvi.groups.base import Group
+from ngvi.groups.base import Group, symmetric_part
 
 __all__ = [
     "BlockUpperTriangular",
@@ -33,10 +33,6 @@ def _inverse(a):
 
 def _logabsdet(a):
     return jnp.linalg.slogdet(a)[1] if a.shape[0] else jnp.zeros((), a.dtype)
-
-
-def _sym(a):
-    return 0.5 * (a + a.T)
 
 
 def _sym_norm_sq(a):
@@ -137,7 +133,7 @@ class BlockUpperTriangular(Group):
         # rows i < k of Y = B^-1 H B^-T are (B^-1 H B^-T e_i)^T: k products.
         probes = jax.vmap(lambda e: self.rsolve(b, e))(_basis(jnp.arange(k), p, dtype))
         rows = jax.vmap(lambda r: self.solve(b, r))(curvature.matmat(probes))
-        head = _sym(rows[:, :k]) - gamma * jnp.eye(k, dtype=dtype)
+        head = symmetric_part(rows[:, :k]) - gamma * jnp.eye(k, dtype=dtype)
         diag = curvature.diagonal()[k:] / b.diag**2 - gamma
         return BlockUpperFactor(head, rows[:, k:], diag)
 
@@ -279,12 +275,12 @@ class Hierarchical(Group):
         y_dd = jnp.einsum("ja,ab,jb->j", a, h_aa, a) + 2.0 * jnp.sum(a * h_da, axis=1) / b.diag + h_dd / b.diag**2
         eye = lambda n: gamma * jnp.eye(n, dtype=dtype)
         return HierarchicalFactor(
-            head=_sym(first[:, :k1]) - eye(k1),
+            head=symmetric_part(first[:, :k1]) - eye(k1),
             lower=first[:, k1 : p - k2].T,
             diag=y_dd - gamma,
             tail_left=0.5 * (last[:, :k1] + first[:, p - k2 :].T),
             tail_mid=last[:, k1 : p - k2],
-            tail=_sym(last[:, p - k2 :]) - eye(k2),
+            tail=symmetric_part(last[:, p - k2 :]) - eye(k2),
         )
 
     def natural_direction(self, x):

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
-from ngvi.groups.base import Group, whitened_factors
+from ngvi.groups.base import Group, symmetric_part, whitened_factors
 
 __all__ = ["Dense", "LowerTriangular", "UpperTriangular", "MatrixFactor"]
 
@@ -15,10 +15,6 @@ class MatrixFactor(NamedTuple):
     """``B`` (or an element of ``m``) as a ``p x p`` matrix."""
 
     matrix: jax.Array
-
-
-def _sym(x):
-    return 0.5 * (x + x.T)
 
 
 class _MatrixGroup(Group):
@@ -43,7 +39,7 @@ class _MatrixGroup(Group):
 
     def local_gradient(self, b, curvature, gamma):
         w, u = whitened_factors(self, b, curvature)
-        x = _sym(w.T @ u) - gamma * jnp.eye(w.shape[-1], dtype=w.dtype)
+        x = symmetric_part(w.T @ u) - gamma * jnp.eye(w.shape[-1], dtype=w.dtype)
         return MatrixFactor(x)
 
     def fisher_norm_sq(self, m):
@@ -69,7 +65,7 @@ class Dense(_MatrixGroup):
         return jnp.linalg.slogdet(b.matrix)[1]
 
     def natural_direction(self, x):
-        return MatrixFactor(0.5 * _sym(x.matrix))
+        return MatrixFactor(0.5 * symmetric_part(x.matrix))
 
 
 class LowerTriangular(_MatrixGroup):
