@@ -62,21 +62,34 @@ def make_target(model, guide, rng_key, args, kwargs):
     )
 
 
+def _trace_at(model, guide, rng_key, loc, args, kwargs):
+    """The trace of ``model`` with its latents at the flat vector ``loc``."""
+    substituted = handlers.substitute(
+        handlers.seed(model, rng_key), substitute_fn=partial(_unconstrain_reparam, guide._unpack_latent(loc))
+    )
+    return handlers.trace(substituted).get_trace(*args, **kwargs)
+
+
 def check_initial_point(model, guide, rng_key, loc, args, kwargs):
-    """Raise ``ValueError`` naming the sites whose log density is not finite at
-    ``loc`` (a flat latent vector, or one per row: a mixture's component means)."""
-    target = make_target(model, guide, rng_key, args, kwargs)
+    """Raise ``ValueError`` naming the model's ``numpyro.param`` sites (NGVI
+    learns latent sample sites only), or the sites whose log density is not
+    finite at ``loc`` (a flat latent vector, or one per row: a mixture's
+    component means)."""
     locs = jnp.reshape(loc, (-1, jnp.shape(loc)[-1]))
+    params = [name for name, site in _trace_at(model, guide, rng_key, locs[0], args, kwargs).items()
+              if site["type"] == "param"]
+    if params:
+        raise ValueError(
+            f"The model has numpyro.param site(s) {', '.join(repr(p) for p in params)}; NGVI fits latent "
+            "sample sites only. Give them a prior (numpyro.sample) or fix their values with "
+            "numpyro.handlers.substitute(model, data={...})."
+        )
+    target = make_target(model, guide, rng_key, args, kwargs)
     values, grads = jax.vmap(jax.value_and_grad(target.potential))(locs)
     finite = np.asarray(jnp.isfinite(values) & jnp.all(jnp.isfinite(grads), axis=-1))
     if finite.all():
         return
-    params = guide._unpack_latent(locs[int(np.argmin(finite))])
-    substituted = handlers.substitute(
-        handlers.seed(model, rng_key), substitute_fn=partial(_unconstrain_reparam, params)
-    )
-    trace = handlers.trace(substituted).get_trace(*args, **kwargs)
-    bad = nonfinite_sites(trace)
+    bad = nonfinite_sites(_trace_at(model, guide, rng_key, locs[int(np.argmin(finite))], args, kwargs))
     where = f"at site(s) {', '.join(repr(b) for b in bad)}" if bad else "(its gradient is not finite)"
     raise ValueError(
         f"The model's log density is not finite at the initial point {where}; check the data and the "

@@ -166,3 +166,16 @@ def test_gaussian_process_with_a_cholesky_does_not_hang_and_gets_through_failed_
     assert done.returncode == 0, done.stderr[-2000:]
     steps, rejected, finite, dtype = done.stdout.split()[1::2]
     assert (steps, finite, dtype) == ("60", "True", "float32") and int(rejected) <= 6, done.stdout
+
+
+def test_model_param_sites_are_named_in_an_error():
+    """Model-side ``numpyro.param`` sites would stay at their initial values
+    without a word; NGVI names them instead."""
+
+    def model():
+        shift = numpyro.param("shift", 1.0)
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0))
+        numpyro.sample("y", dist.Normal(x + shift, 1.0), obs=2.0)
+
+    with pytest.raises(ValueError, match=r"numpyro.param site\(s\) 'shift'.*Give them a prior"):
+        NGVI(model, StructuredGaussian(model)).init(KEY)
