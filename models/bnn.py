@@ -1,25 +1,25 @@
-"""Bayesian neural network classifier (one hidden layer of 10 tanh units) on ten
-features of the Wisconsin breast-cancer data.
+"""Bayesian neural network classifier (one hidden layer of 4 tanh units) on the
+Wisconsin breast-cancer data.
 
-    w1  ~ Normal(0, 1)^(10 x 10),  b1 ~ Normal(0, 1)^10      (input layer)
-    w2  ~ Normal(0, 1)^10 restricted to 0 < w2_1 < ... < w2_10 (output weights)
+    w1  ~ Normal(0, 1)^(30 x 4),  b1 ~ Normal(0, 1)^4       (input layer)
+    w2  ~ Normal(0, 1)^4 restricted to 0 < w2_1 < ... < w2_4 (output weights)
     b2  ~ Normal(0, 1)
     obs ~ Bernoulli(logits = tanh(x @ w1 + b1) @ w2 + b2)    (plate "data", n = 569)
 
 With N(0, 1) priors on all weights the posterior is invariant under the
-2^10 10! sign flips (w1_:k, b1_k, w2_k -> -w1_:k, -b1_k, -w2_k) and permutations
+2^4 4! sign flips (w1_:k, b1_k, w2_k -> -w1_:k, -b1_k, -w2_k) and permutations
 of the hidden units, and has as many copies of every mode. Restricting the
 output weights to the positive ordered region keeps one copy: the prior of
-``w2`` is the law of the sorted absolute values of ten N(0, 1) draws
-(:class:`SortedHalfNormal`, density 2^10 10! prod N(w2_k; 0, 1) on that region),
+``w2`` is the law of the sorted absolute values of four N(0, 1) draws
+(:class:`SortedHalfNormal`, density 2^4 4! prod N(w2_k; 0, 1) on that region),
 and the predictive distribution is that of the unrestricted network.
 
-``x`` are the ten "mean" features (the first ten columns) of scikit-learn's
-``load_breast_cancer()``, standardised, from ``data/breast_cancer.csv`` (the file
-of :mod:`ngvi.models.logistic_regression`).
+``x`` are the 30 features of scikit-learn's ``load_breast_cancer()``,
+standardised, from ``data/breast_cancer.csv`` (the file of
+:mod:`ngvi.models.logistic_regression`).
 
-Unconstrained latent space: w1 (100) + b1 (10) + w2 (10, ordered log scale) +
-b2 (1) = 121.
+Unconstrained latent space: w1 (120) + b1 (4) + w2 (4, ordered log scale) +
+b2 (1) = 129.
 """
 
 import math
@@ -33,7 +33,7 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
 DATA_FILE = Path(__file__).parent / "data" / "breast_cancer.csv"
-NUM_FEATURES, NUM_HIDDEN = 10, 10
+NUM_HIDDEN = 4
 
 
 class SortedHalfNormal(dist.Distribution):
@@ -71,4 +71,4 @@ def model(x, y=None, num_hidden=NUM_HIDDEN):
 def data():
     """Keyword arguments for :func:`model`."""
     table = np.loadtxt(DATA_FILE, delimiter=",", skiprows=1)
-    return {"x": jnp.asarray(table[:, :NUM_FEATURES]), "y": jnp.asarray(table[:, -1])}
+    return {"x": jnp.asarray(table[:, :-1]), "y": jnp.asarray(table[:, -1])}

