@@ -19,14 +19,10 @@ Unconstrained latent space: mu_alpha (1) + log(sigma_alpha) (1) +
 alpha_tilde (85) + beta (1) + log(sigma_y) (1) = 89.
 """
 
-from pathlib import Path
-
-import jax.numpy as jnp
-import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-DATA_FILE = Path(__file__).parent / "data" / "radon.csv"
+from ngvi.models.radon_centred import data  # noqa: F401  (the same data as the centred model)
 
 
 def model(county, floor, num_counties, y=None):
@@ -40,15 +36,3 @@ def model(county, floor, num_counties, y=None):
     sigma_y = numpyro.sample("sigma_y", dist.HalfNormal(1.0))
     with numpyro.plate("data", county.shape[0]):
         numpyro.sample("obs", dist.Normal(alpha[county] + beta * floor, sigma_y), obs=y)
-
-
-def data():
-    """Keyword arguments for :func:`model`."""
-    table = np.loadtxt(DATA_FILE, delimiter=",", skiprows=1)
-    county = table[:, 2].astype(np.int64)
-    return {
-        "county": jnp.asarray(county),
-        "floor": jnp.asarray(table[:, 1]),
-        "num_counties": int(county.max()) + 1,
-        "y": jnp.asarray(table[:, 0]),
-    }
