@@ -22,7 +22,7 @@ alpha_tilde (85) + beta (1) + log(sigma_y) (1) = 89.
 import numpyro
 import numpyro.distributions as dist
 
-from ngvi.models.radon_centred import data  # noqa: F401  (the same data as the centred model)
+from ngvi.models import radon_centred
 
 
 def model(county, floor, num_counties, y=None):
@@ -36,3 +36,8 @@ def model(county, floor, num_counties, y=None):
     sigma_y = numpyro.sample("sigma_y", dist.HalfNormal(1.0))
     with numpyro.plate("data", county.shape[0]):
         numpyro.sample("obs", dist.Normal(alpha[county] + beta * floor, sigma_y), obs=y)
+
+
+def data():
+    """Keyword arguments for :func:`model`: the same data as the centred model's."""
+    return radon_centred.data()
