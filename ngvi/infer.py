@@ -14,12 +14,15 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from numpyro import handlers
+from numpyro.distributions.transforms import biject_to
+from numpyro.infer.util import potential_energy
 from tqdm import tqdm
 
 from ngvi.guides.mixture import StructuredGaussianMixture
 from ngvi.laplace import check_laplace_start, laplace_start
-from ngvi.target import check_initial_point, make_target
+from ngvi.target import check_initial_point, make_target, model_param_sites
 
 __all__ = ["NGVI", "NGVIState", "NGVIRunResult"]
 
@@ -27,11 +30,15 @@ __all__ = ["NGVI", "NGVIState", "NGVIRunResult"]
 class NGVIState(NamedTuple):
     """``vi_state`` is the state of the guide's :mod:`ngvi.vi` algorithm
     (``loc``, ``factor``, ``step``, ...); ``num_rejected`` counts the steps the
-    algorithm rejected (not finite; the state stayed where it was)."""
+    algorithm rejected (not finite; the state stayed where it was);
+    ``model_params`` are the model's ``numpyro.param`` sites, unconstrained,
+    and ``optim_state`` their optimiser's state (both empty without them)."""
 
     vi_state: Any
     num_rejected: jax.Array
     rng_key: jax.Array
+    model_params: dict = {}
+    optim_state: Any = ()
 
 
 class NGVIRunResult(NamedTuple):
@@ -72,6 +79,11 @@ class NGVI:
         ``init_scale``) or ``"laplace"``: start at the MAP with the group's
         closest match to the Laplace precision there (:mod:`ngvi.laplace`;
         single Gaussian guides; with data subsampling, the MAP of one subsample).
+    :param optim: the optax optimiser of the model's own ``numpyro.param``
+        sites (default ``optax.adam(1e-2)``): each step they take one Euclidean
+        step on the negative ELBO, ``grad_theta E_q[-log p(x, z; theta)]``
+        averaged over ``num_samples`` fresh draws, in their unconstrained space
+        (as SVI does); the latents take the natural-gradient step.
     """
 
     def __init__(
@@ -85,13 +97,18 @@ class NGVI:
         trust_radius=1.0,
         loc_trust_radius=10.0,
         warm_start=None,
+        optim=None,
         **estimator_kwargs,
     ):
         if warm_start not in (None, "laplace"):
             raise ValueError(f"warm_start must be None or 'laplace', got {warm_start!r}.")
         if warm_start and isinstance(guide, StructuredGaussianMixture):
             raise ValueError("warm_start='laplace' needs a StructuredGaussian guide; place a mixture with ngvi.find_modes.")
+        self.optim = optax.adam(1e-2) if optim is None else optim
+        if not isinstance(self.optim, optax.GradientTransformation):
+            raise ValueError(f"optim must be an optax.GradientTransformation, got {type(self.optim).__name__}.")
         self.model, self.guide, self.warm_start = model, guide, warm_start
+        self._param_constraints = {}
         self.step_size, self.num_samples, self.estimator, self.gamma = step_size, num_samples, estimator, gamma
         self.trust_radius, self.loc_trust_radius = trust_radius, loc_trust_radius
         self.estimator_kwargs = estimator_kwargs
@@ -104,9 +121,17 @@ class NGVI:
             trust_radius=self.trust_radius, loc_trust_radius=self.loc_trust_radius, **self.estimator_kwargs,
         )
 
-    def _algorithm(self, rng_key, args, kwargs):
+    def _constrain(self, model_params):
+        """The model's ``numpyro.param`` values from their unconstrained ones."""
+        return {name: biject_to(self._param_constraints[name])(u) for name, u in model_params.items()}
+
+    def _model_at(self, model_params):
+        """The model with its ``numpyro.param`` sites at ``model_params`` (unconstrained)."""
+        return handlers.substitute(self.model, data=self._constrain(model_params)) if model_params else self.model
+
+    def _algorithm(self, rng_key, args, kwargs, model_params):
         """The guide's algorithm on the model's target, seeded with ``rng_key``."""
-        target = make_target(self.model, self.guide, rng_key, args, kwargs)
+        target = make_target(self._model_at(model_params), self.guide, rng_key, args, kwargs)
         return self.guide.algorithm(target, **self._settings)
 
     def init(self, rng_key, *args, **kwargs):
@@ -119,15 +144,20 @@ class NGVI:
         with handlers.block():
             handlers.seed(self.guide, init_key)(*args, **kwargs)
         vi_state = self.guide.init_state()
-        check_initial_point(self.model, self.guide, check_key, vi_state.loc, args, kwargs)
+        first_loc = jnp.reshape(vi_state.loc, (-1, jnp.shape(vi_state.loc)[-1]))[0]
+        sites = model_param_sites(self.model, self.guide, check_key, first_loc, args, kwargs)
+        self._param_constraints = {name: constraint for name, (_, constraint) in sites.items()}
+        model_params = {name: biject_to(constraint).inv(value) for name, (value, constraint) in sites.items()}
+        check_initial_point(self._model_at(model_params), self.guide, check_key, vi_state.loc, args, kwargs)
         if self.warm_start == "laplace":
-            vi_state = self._laplace_start(check_key, vi_state, args, kwargs)
-        return NGVIState(vi_state, jnp.zeros((), jnp.int32), state_key)
+            vi_state = self._laplace_start(check_key, vi_state, model_params, args, kwargs)
+        optim_state = self.optim.init(model_params) if model_params else ()
+        return NGVIState(vi_state, jnp.zeros((), jnp.int32), state_key, model_params, optim_state)
 
-    def _laplace_start(self, rng_key, vi_state, args, kwargs):
+    def _laplace_start(self, rng_key, vi_state, model_params, args, kwargs):
         """``vi_state`` moved to :func:`ngvi.laplace.laplace_start`."""
         model_key, fit_key = jax.random.split(rng_key)
-        potential = make_target(self.model, self.guide, model_key, args, kwargs).potential
+        potential = make_target(self._model_at(model_params), self.guide, model_key, args, kwargs).potential
         start = jax.jit(partial(laplace_start, potential=potential, group=self.guide.group))(
             fit_key, loc=vi_state.loc, factor=vi_state.factor
         )
@@ -136,10 +166,39 @@ class NGVI:
 
     def _update(self, state, args, kwargs):
         """One step: ``(state, info)``. The state's key splits into the next key,
-        the model's seed (the data subsample) and the algorithm's step key."""
-        rng_key, model_key, step_key = jax.random.split(state.rng_key, 3)
-        vi_state, info = self._algorithm(model_key, args, kwargs).step(step_key, state.vi_state)
-        return NGVIState(vi_state, state.num_rejected + info.rejected.astype(jnp.int32), rng_key), info
+        the model's seed (the data subsample), the algorithm's step key and the
+        key of the draws for the model's ``numpyro.param`` sites."""
+        rng_key, model_key, step_key, param_key = jax.random.split(state.rng_key, 4)
+        algorithm = self._algorithm(model_key, args, kwargs, state.model_params)
+        vi_state, info = algorithm.step(step_key, state.vi_state)
+        model_params, optim_state = state.model_params, state.optim_state
+        if model_params:
+            draws = algorithm.sample(param_key, state.vi_state, self.num_samples)
+            model_params, optim_state = self._param_step(model_key, draws, model_params, optim_state, args, kwargs)
+            info = info._replace(num_grads=info.num_grads + self.num_samples)
+        num_rejected = state.num_rejected + info.rejected.astype(jnp.int32)
+        return NGVIState(vi_state, num_rejected, rng_key, model_params, optim_state), info
+
+    def _param_step(self, model_key, draws, model_params, optim_state, args, kwargs):
+        """One optax step of the model's ``numpyro.param`` sites on the negative
+        ELBO's Monte-Carlo estimate ``mean_n -log p(x, z_n; theta)`` at ``draws``
+        (the same data subsample as the latents' step); a step with a non-finite
+        gradient is skipped. Costs one gradient per draw."""
+        seeded = handlers.seed(self.model, model_key)
+
+        def neg_elbo(unconstrained):
+            model = handlers.substitute(seeded, data=self._constrain(unconstrained))
+            energy = lambda z: potential_energy(model, args, kwargs, self.guide._unpack_latent(z))
+            return jnp.mean(jax.vmap(energy)(draws))
+
+        grads = jax.grad(neg_elbo)(model_params)
+        updates, new_optim_state = self.optim.update(grads, optim_state, model_params)
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        return jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old),
+            (optax.apply_updates(model_params, updates), new_optim_state),
+            (model_params, optim_state),
+        )
 
     def update(self, state, *args, **kwargs):
         """One natural-gradient step; returns ``(state, loss)`` with ``loss`` the
@@ -175,10 +234,11 @@ class NGVI:
         return NGVIRunResult(self.get_params(state), state, info.loss, info)
 
     def get_params(self, state):
-        """The guide's param dict (``{prefix}_loc``, ``{prefix}_factor_*``, ...)."""
-        return self.guide.params_from_state(state.vi_state)
+        """The guide's param dict (``{prefix}_loc``, ``{prefix}_factor_*``, ...)
+        and the model's ``numpyro.param`` sites (constrained), as ``SVI.get_params``."""
+        return {**self.guide.params_from_state(state.vi_state), **self._constrain(state.model_params)}
 
     def evaluate(self, state, *args, **kwargs):
         """A negative-ELBO estimate at ``state`` from fresh samples."""
         model_key, loss_key = jax.random.split(jax.random.fold_in(state.rng_key, 1))
-        return self._algorithm(model_key, args, kwargs).loss(loss_key, state.vi_state)
+        return self._algorithm(model_key, args, kwargs, state.model_params).loss(loss_key, state.vi_state)

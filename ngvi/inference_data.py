@@ -36,11 +36,16 @@ def importance_diagnostics(guide, params, rng_key, latent, *args, **kwargs):
     """Log importance ratios ``log p(x, z) - log q(z)`` at flat latent draws and
     the Pareto ``k`` of their PSIS smoothing (``k > 0.7``: the guide misses
     mass of the posterior; Yao et al., 2018)."""
-    target = make_target(guide.model, guide, rng_key, args, kwargs)
+    target = make_target(_fitted_model(guide, params), guide, rng_key, args, kwargs)
     log_joint = -jax.vmap(target.potential)(latent)
     log_ratio = np.asarray(log_joint - guide.get_posterior(params).log_prob(latent), dtype=np.float64)
     _, pareto_k = az.psislw(log_ratio - log_ratio.max())
     return log_ratio, float(pareto_k)
+
+
+def _fitted_model(guide, params):
+    """The guide's model with its own ``numpyro.param`` sites at their fitted values in ``params``."""
+    return handlers.substitute(guide.model, data=params)
 
 
 def _with_chain(tree):
@@ -61,10 +66,11 @@ def to_inference_data(guide, params, *args, num_samples=1000, rng_key=None, loss
     latent_key, predictive_key, weight_key, observed_key = jax.random.split(rng_key, 4)
     latent = guide.get_posterior(params).sample(latent_key, (num_samples,))
     posterior = guide._unpack_and_constrain(latent, params)
-    observed = _observed_sites(guide.model, observed_key, jax.tree.map(lambda x: x[0], posterior), args, kwargs)
+    model = _fitted_model(guide, params)
+    observed = _observed_sites(model, observed_key, jax.tree.map(lambda x: x[0], posterior), args, kwargs)
     observed_data = {name: np.asarray(site["value"]) for name, site in observed.items()}
-    predictive = _posterior_predictive(guide.model, predictive_key, posterior, args, kwargs)
-    log_lik = log_likelihood(guide.model, posterior, *args, **kwargs)
+    predictive = _posterior_predictive(model, predictive_key, posterior, args, kwargs)
+    log_lik = log_likelihood(model, posterior, *args, **kwargs)
     log_ratio, pareto_k = importance_diagnostics(guide, params, weight_key, latent, *args, **kwargs)
     idata = az.from_dict(
         posterior=_with_chain(posterior),

@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
+from numpyro.distributions import constraints
 from numpyro.infer.util import _unconstrain_reparam, potential_energy
 
-__all__ = ["Target", "make_target", "check_initial_point", "nonfinite_sites"]
+__all__ = ["Target", "make_target", "check_initial_point", "model_param_sites", "nonfinite_sites"]
 
 
 class Target(NamedTuple):
@@ -70,20 +71,21 @@ def _trace_at(model, guide, rng_key, loc, args, kwargs):
     return handlers.trace(substituted).get_trace(*args, **kwargs)
 
 
+def model_param_sites(model, guide, rng_key, loc, args, kwargs):
+    """``{name: (initial value, constraint)}`` of the model's ``numpyro.param``
+    sites, from one trace with the latents at the flat vector ``loc``."""
+    trace = _trace_at(model, guide, rng_key, loc, args, kwargs)
+    return {
+        name: (site["value"], site["kwargs"].get("constraint", constraints.real))
+        for name, site in trace.items()
+        if site["type"] == "param"
+    }
+
+
 def check_initial_point(model, guide, rng_key, loc, args, kwargs):
-    """Raise ``ValueError`` naming the model's ``numpyro.param`` sites (NGVI
-    learns latent sample sites only), or the sites whose log density is not
-    finite at ``loc`` (a flat latent vector, or one per row: a mixture's
-    component means)."""
+    """Raise ``ValueError`` naming the sites whose log density is not finite at
+    ``loc`` (a flat latent vector, or one per row: a mixture's component means)."""
     locs = jnp.reshape(loc, (-1, jnp.shape(loc)[-1]))
-    params = [name for name, site in _trace_at(model, guide, rng_key, locs[0], args, kwargs).items()
-              if site["type"] == "param"]
-    if params:
-        raise ValueError(
-            f"The model has numpyro.param site(s) {', '.join(repr(p) for p in params)}; NGVI fits latent "
-            "sample sites only. Give them a prior (numpyro.sample) or fix their values with "
-            "numpyro.handlers.substitute(model, data={...})."
-        )
     target = make_target(model, guide, rng_key, args, kwargs)
     values, grads = jax.vmap(jax.value_and_grad(target.potential))(locs)
     finite = np.asarray(jnp.isfinite(values) & jnp.all(jnp.isfinite(grads), axis=-1))
