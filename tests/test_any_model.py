@@ -68,26 +68,30 @@ def test_renyi_elbo_trains_the_guide():
     assert abs(float(jnp.sum(loc)) - 3.0 / 3.25) < 0.05
 
 
-def test_gauss_newton_under_subsampling_is_unbiased_for_the_full_data_matrix():
-    """At a fixed ``(mu, B)``, the Gauss-Newton diagonal averaged over subsample
-    keys equals the full-data one within 5 standard errors (a per-example
-    gradient scaled by ``N / batch`` and then squared would be ``N / batch``
-    times too large)."""
+@pytest.mark.parametrize("estimator", sorted(estimators.ESTIMATORS))
+def test_subsampling_is_unbiased_for_every_estimator(estimator):
+    """At a fixed ``(mu, B)`` and fixed draws, the mean gradient and the
+    curvature diagonal averaged over 4000 data subsamples (50 of 569 examples)
+    equal the full-data values within 5 standard errors in every coordinate;
+    5 standard errors are below half the value in the median coordinate, so a
+    factor of ``N / batch = 11`` (Gauss-Newton's, with each per-example gradient
+    scaled by ``N / batch`` before squaring) fails."""
     data = logistic_regression.data()
     guide = StructuredGaussian(logistic_regression.model, group=groups.Diagonal())
     NGVI(logistic_regression.model, guide).init(KEY, **data)
     loc, factor = guide.init_state().loc, guide.init_state().factor
+    estimate_fn = estimators.resolve(estimator)
 
-    def diagonal(model_key, **kwargs):
+    def estimate(model_key, **kwargs):
         target = make_target(logistic_regression.model, guide, model_key, (), {**data, **kwargs})
-        estimate = estimators.gauss_newton(KEY, target, guide.group, loc, factor, 2, 1.0)
-        return estimate.curvature.diagonal()
+        e = estimate_fn(KEY, target, guide.group, loc, factor, 4, 1.0)
+        return jnp.concatenate([e.grad_loc, e.curvature.diagonal()])
 
-    full = diagonal(KEY)
-    subsampled = jax.jit(jax.vmap(lambda k: diagonal(k, subsample_size=50)))(jax.random.split(KEY, 2000))
+    full = estimate(KEY)
+    subsampled = jax.jit(jax.vmap(lambda k: estimate(k, subsample_size=50)))(jax.random.split(KEY, 4000))
     mean, se = np.mean(subsampled, 0), np.std(subsampled, 0) / np.sqrt(len(subsampled))
     assert np.all(np.abs(mean - full) < 5 * se), np.max(np.abs(mean - full) / se)
-    assert np.median(np.abs(mean / full - 1)) < 0.05
+    assert np.median(5 * se / np.abs(full)) < 0.5
 
 
 def test_mixture_median_and_quantiles_are_those_of_the_marginals():

@@ -1,0 +1,152 @@
+"""Default NGVI on every model of the zoo: finite, no rejected-step runaway, at
+the family's KL optimum, and at the NUTS reference where the posterior is close
+to Gaussian.
+
+Each model is fitted as a user would: ``NGVI(model, StructuredGaussian(model,
+group=G))`` with every default (``init_to_uniform``, "hessian", 8 draws, step
+0.5), ``G`` Dense for ``p <= 200`` and ``BlockUpperTriangular(8)`` above. The
+answer checked is the fit's fixed point: the mean and the factor averaged over
+the second half of the steps (the last iterate alone fluctuates around it by
+Monte-Carlo noise of ~0.1 sd at these settings).
+
+The KL optimum is checked without the library, by its first-order conditions
+computed with plain autodiff at many draws from the fit ``q = N(mu, (B B^T)^-1)``
+(float64): the ELBO's gradient in ``mu`` is ``E_q[grad l]`` and its gradient in
+the group's tangent directions ``B (I + M)`` is ``-P(B^-1 E_q[hess l] B^-T - I)``,
+``P`` keeping the entries of the group's pattern (all of them for Dense; the
+first ``k`` rows and the diagonal for ``B_up(k)``). At the optimum both vanish; a
+fit whose curvature were off by a factor ``c`` would leave ``c - 1`` on the
+diagonal. The checks: the Newton step ``S^-1 E_q[grad l]`` is below 0.1 fitted
+sd in every coordinate, and every entry of the projected residual is below 0.2
+(a 20% precision error is a 10% sd error).
+"""
+
+import functools
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fitting import potential, sd_errors
+from ngvi import NGVI, StructuredGaussian, groups
+from ngvi.models.reference import load_reference
+from test_zoo import WITH_REFERENCE
+
+NUM_STEPS = 400
+DENSE_MAX_P = 200
+BLOCK_K = 8
+MEAN_TOL, RESIDUAL_TOL = 0.1, 0.2
+# Posteriors close enough to Gaussian that the family's optimum is within 0.05
+# sd and 5% of NUTS: the fit must then also be within 0.1 sd and 10% of NUTS.
+NEAR_GAUSSIAN = {"linear_regression", "logistic_regression", "poisson_glm"}
+# Posteriors a Gaussian cannot match: the KL optimum's sds are far from NUTS
+# (the funnel's log-scale sd is ~1/3 of NUTS's) and Pareto k says so.
+FAR_FROM_GAUSSIAN = {"funnel"}
+
+
+def group_for(p):
+    return groups.Dense() if p <= DENSE_MAX_P else groups.BlockUpperTriangular(BLOCK_K)
+
+
+def pattern(group, p):
+    """The entries of ``p x p`` matrices in ``group``'s tangent space, written plainly."""
+    if isinstance(group, groups.Dense):
+        return np.ones((p, p), bool)
+    mask = np.eye(p, dtype=bool)
+    mask[: group.k, :] = True
+    return mask
+
+
+@functools.lru_cache(maxsize=None)
+def averaged_fit(name, estimator="hessian"):
+    """The default fit of model ``name``: ``(guide, state, data, mean loc, mean factor)``,
+    averaged over the last ``NUM_STEPS // 2`` of ``NUM_STEPS`` steps."""
+    module = importlib.import_module(f"ngvi.models.{name}")
+    data = module.data()
+    p = len(load_reference(name)["unconstrained"]["mean"])
+    guide = StructuredGaussian(module.model, group=group_for(p))
+    ngvi = NGVI(module.model, guide, estimator=estimator)
+    state = ngvi.init(jax.random.PRNGKey(0), **data)
+    start = NUM_STEPS - NUM_STEPS // 2
+
+    def step(carry, i):
+        state, sums = carry
+        state, _ = ngvi.update(state, **data)
+        add = (i >= start).astype(state.vi_state.loc.dtype)
+        sums = jax.tree.map(lambda s, x: s + add * x, sums, (state.vi_state.loc, state.vi_state.factor))
+        return (state, sums), None
+
+    zeros = jax.tree.map(jnp.zeros_like, (state.vi_state.loc, state.vi_state.factor))
+    (state, sums), _ = jax.jit(lambda c: jax.lax.scan(step, c, jnp.arange(NUM_STEPS)))((state, zeros))
+    loc, factor = jax.tree.map(lambda s: s / (NUM_STEPS // 2), sums)
+    return guide, state, data, np.asarray(loc), factor
+
+
+def antithetic_draws(loc, b, num_draws, seed):
+    """``num_draws`` draws ``mu + B^-T eps`` of ``N(mu, (B B^T)^-1)``, ``eps`` in antithetic pairs."""
+    half = np.random.default_rng(seed).standard_normal((num_draws // 2, loc.size))
+    return loc + np.linalg.solve(b.T, np.concatenate([half, -half]).T).T
+
+
+def pair_means(x):
+    """Means of antithetic pairs (independent of each other)."""
+    return 0.5 * (x[: len(x) // 2] + x[len(x) // 2 :])
+
+
+def optimality(guide, data, loc, factor):
+    """``(Newton step in fitted sds, projected residual, their standard errors)``
+    of the fit ``(loc, factor)`` by plain autodiff: gradients at 4096 draws,
+    Hessians at ``80000 / p`` (at least 128) draws."""
+    l = potential(guide.model, data)
+    b = np.asarray(guide.group.to_dense(factor), np.float64)
+    p = b.shape[0]
+    cov = np.linalg.inv(b @ b.T)
+    grads = np.asarray(jax.vmap(jax.grad(l))(jnp.asarray(antithetic_draws(loc, b, 4096, seed=1))))
+    newton = pair_means(grads @ cov) / np.sqrt(np.diag(cov))
+    z = jnp.asarray(antithetic_draws(loc, b, 2 * max(64, 40000 // p), seed=2))
+    hessians = np.asarray(jax.lax.map(jax.hessian(l), z, batch_size=16))
+    whitened = np.linalg.solve(b, np.linalg.solve(b, hessians).transpose(0, 2, 1))  # B^-1 H B^-T
+    residual = pair_means(whitened) - np.eye(p)
+    mask = pattern(guide.group, p)
+    se = lambda x: x.std(0) / np.sqrt(x.shape[0])
+    return newton.mean(0), residual.mean(0)[mask], se(newton), se(residual)[mask]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", WITH_REFERENCE)
+def test_default_fit_is_at_the_kl_optimum(name):
+    guide, state, data, loc, factor = averaged_fit(name)
+    p = loc.size
+    assert np.all(np.isfinite(loc)) and all(np.all(np.isfinite(f)) for f in jax.tree.leaves(factor))
+    assert int(state.num_rejected) <= NUM_STEPS // 20, int(state.num_rejected)
+    newton, residual, newton_se, residual_se = optimality(guide, data, loc, factor)
+    print(f"{name} (p = {p}, {guide.group}): Newton step max {np.abs(newton).max():.3f} sd "
+          f"(se {newton_se.max():.3f}), residual max {np.abs(residual).max():.3f} (se {residual_se.max():.3f}), "
+          f"rejected {int(state.num_rejected)}")
+    # The check must be able to see a miss of the tolerance: Monte-Carlo error well below it.
+    assert newton_se.max() < MEAN_TOL / 3 and residual_se.max() < RESIDUAL_TOL / 3
+    assert np.abs(newton).max() < MEAN_TOL
+    assert np.abs(residual).max() < RESIDUAL_TOL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(NEAR_GAUSSIAN | FAR_FROM_GAUSSIAN))
+def test_default_fit_against_nuts(name):
+    """Near-Gaussian posteriors: within 0.1 NUTS sd and 10% of NUTS. The funnel:
+    the fit is far from NUTS in the sds, and its Pareto k says so (> 0.7)."""
+    from ngvi import to_inference_data
+
+    guide, state, data, loc, factor = averaged_fit(name)
+    ref = load_reference(name)["unconstrained"]
+    b = np.asarray(guide.group.to_dense(factor), np.float64)
+    mean_err, sd_err = sd_errors(loc, np.linalg.inv(b @ b.T), np.asarray(ref["mean"]), np.asarray(ref["cov"]))
+    params = guide.params_from_state(state.vi_state._replace(loc=jnp.asarray(loc), factor=factor))
+    pareto_k = to_inference_data(guide, params, **data, num_samples=4000, rng_key=jax.random.PRNGKey(2)).attrs["pareto_k"]
+    print(f"{name} vs NUTS: mean {mean_err:.3f} sd, sd {sd_err:.3f}, Pareto k {pareto_k:.2f}")
+    if name in NEAR_GAUSSIAN:
+        assert mean_err < 0.1 and sd_err < 0.1
+        assert pareto_k < 0.7
+    else:
+        assert sd_err > 0.5 and pareto_k > 0.7
