@@ -34,7 +34,7 @@ from ngvi import NGVI, StructuredGaussian, groups
 from ngvi.models.reference import load_reference
 from test_zoo import WITH_REFERENCE
 
-NUM_STEPS = 400
+NUM_STEPS = 200
 DENSE_MAX_P = 200
 BLOCK_K = 8
 MEAN_TOL, RESIDUAL_TOL = 0.1, 0.2
