@@ -165,25 +165,27 @@ def gauss_newton(key, target, group, loc, factor, num_samples, gamma):
     ``g_i`` the gradients of the per-example log-likelihoods and ``s_i`` their
     weights in ``l`` (``N / batch`` under subsampling, which makes the
     subsample's sum unbiased for the full data's); positive semi-definite on
-    the likelihood part. Cost per draw: one gradient, a reverse pass per
-    example, and the prior's Hessian-vector products."""
+    the likelihood part. Cost per draw: one gradient, ``min(N, p)`` passes for
+    the per-example Jacobian (forward passes if ``p < N``, else reverse passes),
+    and the prior's Hessian-vector products."""
     eps, z = gaussian_samples(key, group, loc, factor, num_samples)
     values, grads = _values_and_grads(target.potential, z)
     terms = lambda zi: target.log_likelihood(zi)[0]
     scales = target.log_likelihood(loc)[1]  # fixed by the model's plates
     prior = lambda zi: target.potential(zi) + jnp.sum(scales * terms(zi))
-    per_example = jax.vmap(jax.jacrev(terms))(z)  # (n, N, p)
+    num_examples, dim = jax.eval_shape(terms, loc).shape[0], loc.shape[-1]
+    # The per-example Jacobian (N, p) by p forward passes or N reverse passes, whichever is fewer.
+    jacobian = jax.jacfwd(terms) if dim < num_examples else jax.jacrev(terms)
+    per_example = jax.vmap(jacobian)(z)  # (n, N, p)
     weights = draw_weights(values, grads, per_example)
     per_example = jnp.where(weights[:, None, None] > 0, per_example, 0.0)
     per_example = per_example * jnp.sqrt(scales[None, :, None] * weights[:, None, None])
-    num_examples = per_example.shape[1]
-    per_example = per_example.reshape(-1, loc.shape[-1])
+    per_example = per_example.reshape(-1, dim)
     curvature = SumCurvature(
         HessianCurvature(_mean_hvp(prior, z, weights), loc.shape[-1], loc.dtype, num_points=num_samples),
         LowRankCurvature(per_example, per_example),
     )
-    # jacrev takes one reverse pass per example and draw
-    num_grads = num_samples * (1 + num_examples)
+    num_grads = num_samples * (1 + min(num_examples, dim))
     return _estimate(values, eps, weights, _weighted_sum(weights, grads), curvature, group, factor, gamma, num_grads)
 
 

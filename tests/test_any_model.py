@@ -174,6 +174,18 @@ def test_gaussian_process_with_a_cholesky_does_not_hang_and_gets_through_failed_
     assert (steps, finite, dtype) == ("60", "True", "float32") and int(rejected) <= 6, done.stdout
 
 
+def test_an_improper_direction_is_named_in_an_error():
+    """A flat prior that the likelihood does not see (entry 1 of ``z``) makes the
+    posterior improper along it: a ValueError names the site and the entry."""
+
+    def model():
+        z = numpyro.sample("z", dist.ImproperUniform(constraints.real_vector, (), (3,)))
+        numpyro.sample("y", dist.Normal(z[0] + z[2], 1.0), obs=1.0)
+
+    with pytest.raises(ValueError, match=r"does not change along site 'z' \(entries \[1\]"):
+        NGVI(model, StructuredGaussian(model)).init(KEY)
+
+
 def _scale_model(y):
     """``x ~ N(0, 1)``, ``y_i ~ N(x, s^2)`` with the noise scale ``s`` a ``numpyro.param``."""
     s = numpyro.param("s", 1.0, constraint=constraints.positive)
