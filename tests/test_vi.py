@@ -175,6 +175,17 @@ def test_rejected_step_reports_itself_and_keeps_the_state():
     assert int(new.step) == 1
 
 
+def test_step_size_radius_has_a_floor_under_repeated_rejections():
+    """Every step rejected (the same not-finite region as above): the radius
+    halves down to ``MIN_RADIUS`` and stays there, so that the state can still
+    move once a step is accepted (halving alone reaches exactly 0: a frozen fit)."""
+    potential = lambda z: jnp.where(jnp.sum(z**2) < 1.0, 0.5 * jnp.sum(z**2), jnp.nan)
+    algo = vi.structured_gaussian(potential)
+    state, _ = jax.lax.scan(lambda s, k: algo.step(k, s), algo.init(jnp.full(3, 5.0), scale=0.1),
+                            jax.random.split(KEY, 20))
+    assert float(state.radius) == vi.structured_gaussian.MIN_RADIUS
+
+
 def test_clipped_steps_report_clip_factors_below_one_and_move_by_the_trust_radius():
     """A nearly flat, steep slope (``l = c^T z + 1e-6 |z|^2 / 2``) from a sharp
     start: the quadratic model wants long steps in both halves, so the trust

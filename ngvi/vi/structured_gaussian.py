@@ -89,8 +89,9 @@ def init(position, group, scale=1.0, factor=None):
 # A loss estimate more than LOSS_JUMP_SE of the backup's standard errors plus
 # LOSS_JUMP_NATS above the backup's loss undoes the last move (the backup's error,
 # not the new one: a move into heavy tails has a large error of its own); the
-# radius grows back by RADIUS_GROWTH.
-LOSS_JUMP_SE, LOSS_JUMP_NATS, RADIUS_GROWTH = 10.0, 10.0, 1.25
+# radius grows back by RADIUS_GROWTH. It never falls below MIN_RADIUS: halving
+# alone would reach exactly 0 after ~150 rejections and freeze the state for good.
+LOSS_JUMP_SE, LOSS_JUMP_NATS, RADIUS_GROWTH, MIN_RADIUS = 10.0, 10.0, 1.25, 2.0**-10
 
 
 def step(
@@ -138,7 +139,7 @@ def step(
         fallback = keep_if(undo, (backup_loc, backup_factor), (state.loc, state.factor))
         loc, factor = keep_if(accept, (loc, factor), fallback)
         backup = keep_if(accept, (state.loc, state.factor, estimate.loss, estimate.loss_se), state.backup)
-        radius = jnp.where(accept, jnp.minimum(1.0, RADIUS_GROWTH * radius), 0.5 * radius)
+        radius = jnp.where(accept, jnp.minimum(1.0, RADIUS_GROWTH * radius), jnp.maximum(MIN_RADIUS, 0.5 * radius))
         new_state = StructuredGaussianState(loc, factor, state.step + 1, backup, radius)
         estimate = estimate._replace(loss=jnp.where(jnp.isfinite(estimate.loss), estimate.loss, backup_loss))
     num_grads = jnp.asarray(estimate.num_grads + estimate.curvature.num_grads, jnp.int32)
