@@ -28,3 +28,4 @@ def test_every_estimator_runs_on_every_model(name, estimator):
     assert all(np.all(np.isfinite(v)) for v in jax.tree.leaves(result.params))
     assert np.all(np.isfinite(result.losses))
     assert int(result.state.num_rejected) <= 5, int(result.state.num_rejected)
+

@@ -1,0 +1,13 @@
+"""The costliest zoo models' default fits at the family's KL optimum (the
+checks of ``tests/test_zoo_fits.py``, in a file of their own so that the test
+workers share the work)."""
+
+import pytest
+
+from test_zoo_fits import LARGE, check_kl_optimum, with_known_misses
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", with_known_misses(LARGE))
+def test_default_fit_is_at_the_kl_optimum(name):
+    check_kl_optimum(name)

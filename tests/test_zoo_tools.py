@@ -1,0 +1,44 @@
+"""Every zoo model's guide with NumPyro's own tools: Predictive, ArviZ, stock SVI."""
+
+import importlib
+
+import jax
+import numpy as np
+import numpyro
+import pytest
+from numpyro import handlers
+from numpyro.infer import SVI, Predictive, RenyiELBO, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
+
+from ngvi import NGVI, StructuredGaussian, to_inference_data
+from ngvi.models.reference import load_reference
+from test_zoo import WITH_REFERENCE
+from test_zoo_fits import group_for
+
+KEY = jax.random.PRNGKey(0)
+
+ELBOS = [Trace_ELBO(), TraceMeanField_ELBO(), RenyiELBO(alpha=0.5, num_particles=2), TraceGraph_ELBO()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", WITH_REFERENCE)
+def test_predictive_inference_data_and_stock_svi_on_every_model(name):
+    """The guide of every model, at its default start, works with NumPyro's own
+    tools: ``Predictive`` draws finite observed sites, ``to_inference_data``
+    gives a finite Pareto k, and one SVI step (Adam) with each of Trace_ELBO,
+    TraceMeanField_ELBO, RenyiELBO and TraceGraph_ELBO gives a finite loss and
+    finite parameters."""
+    module = importlib.import_module(f"ngvi.models.{name}")
+    data = module.data()
+    guide = StructuredGaussian(module.model, group=group_for(len(load_reference(name)["unconstrained"]["mean"])))
+    NGVI(module.model, guide).init(KEY, **data)
+    params = guide.params_from_state(guide.init_state())
+    observed = [k for k, site in handlers.trace(handlers.seed(module.model, 0)).get_trace(**data).items()
+                if site["type"] == "sample" and site["is_observed"]]
+    predictions = Predictive(module.model, guide=guide, params=params, num_samples=20)(KEY, **data)
+    assert all(np.all(np.isfinite(predictions[k])) for k in observed)
+    assert np.isfinite(to_inference_data(guide, params, num_samples=200, rng_key=KEY, **data).attrs["pareto_k"])
+    for elbo in ELBOS:
+        svi = SVI(module.model, guide, numpyro.optim.Adam(1e-3), elbo)
+        state, loss = svi.update(svi.init(KEY, **data), **data)  # eagerly: no compile per ELBO
+        assert np.isfinite(loss), type(elbo).__name__
+        assert all(np.all(np.isfinite(v)) for v in jax.tree.leaves(svi.get_params(state))), type(elbo).__name__
