@@ -334,6 +334,7 @@ def main():
     parser.add_argument("--models", default=",".join(SMALL_MODELS), help="comma-separated zoo models")
     parser.add_argument("--budget-grads", type=int, default=2_000_000, help="gradient evaluations per method")
     parser.add_argument("--budget-seconds", type=float, default=120.0, help="loop seconds per method")
+    parser.add_argument("--name", default="zoo", help="results go to bench/results/NAME.md, NAME_error_vs_*.png")
     args = parser.parse_args()
     command = " ".join(["python", "bench/zoo.py", *sys.argv[1:]])
     facts, start = machine_facts(), time.perf_counter()
@@ -345,10 +346,10 @@ def main():
         results[name] = (rows, load_reference(name))
     facts += f" Total run time {time.perf_counter() - start:.0f} s, load average {os.getloadavg()[0]:.2f} at the end."
     RESULTS.mkdir(parents=True, exist_ok=True)
-    write_markdown(RESULTS / "zoo.md", command, facts, results, args.budget_grads, args.budget_seconds)
-    plot(RESULTS / "zoo_error_vs_grads.png", traces, 1, "gradient evaluations")
-    plot(RESULTS / "zoo_error_vs_time.png", traces, 2, "wall time excluding compilation (s)")
-    print(f"wrote {', '.join(str(p.relative_to(ROOT)) for p in sorted(RESULTS.glob('zoo*')))}")
+    write_markdown(RESULTS / f"{args.name}.md", command, facts, results, args.budget_grads, args.budget_seconds)
+    plot(RESULTS / f"{args.name}_error_vs_grads.png", traces, 1, "gradient evaluations")
+    plot(RESULTS / f"{args.name}_error_vs_time.png", traces, 2, "wall time excluding compilation (s)")
+    print(f"wrote {', '.join(str(p.relative_to(ROOT)) for p in sorted(RESULTS.glob(args.name + '*')))}")
 
 
 if __name__ == "__main__":
