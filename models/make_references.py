@@ -271,7 +271,9 @@ def check(reference):
 
 
 def _dumps(value, indent=0):
-    """JSON with one line per list of numbers (a matrix: one line per row)."""
+    """JSON with one line per list of numbers (a matrix: one line per row) and
+    floats to 7 significant digits (float32's; the Monte-Carlo error of the
+    NUTS moments is far larger), which keeps a 500 x 500 covariance small."""
     pad = " " * (indent + 1)
     if isinstance(value, dict):
         if not value:
@@ -281,6 +283,10 @@ def _dumps(value, indent=0):
     if isinstance(value, list) and value and any(isinstance(v, (dict, list)) for v in value):
         items = [pad + _dumps(v, indent + 1) for v in value]
         return "[\n" + ",\n".join(items) + "\n" + " " * indent + "]"
+    if isinstance(value, list):
+        return "[" + ", ".join(_dumps(v) for v in value) + "]"
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.7g}"
     return json.dumps(value)
 
 
