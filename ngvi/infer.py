@@ -17,12 +17,13 @@ import jax.numpy as jnp
 import optax
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
-from numpyro.infer.util import potential_energy
 from tqdm import tqdm
 
 from ngvi.guides.mixture import StructuredGaussianMixture
 from ngvi.laplace import check_laplace_start, laplace_start
+from ngvi.ngd import is_finite
 from ngvi.target import check_initial_point, make_target, model_param_sites
+from ngvi.vi.base import keep_if
 
 __all__ = ["NGVI", "NGVIState", "NGVIRunResult"]
 
@@ -184,21 +185,15 @@ class NGVI:
         ELBO's Monte-Carlo estimate ``mean_n -log p(x, z_n; theta)`` at ``draws``
         (the same data subsample as the latents' step); a step with a non-finite
         gradient is skipped. Costs one gradient per draw."""
-        seeded = handlers.seed(self.model, model_key)
 
         def neg_elbo(unconstrained):
-            model = handlers.substitute(seeded, data=self._constrain(unconstrained))
-            energy = lambda z: potential_energy(model, args, kwargs, self.guide._unpack_latent(z))
-            return jnp.mean(jax.vmap(energy)(draws))
+            potential = make_target(self._model_at(unconstrained), self.guide, model_key, args, kwargs).potential
+            return jnp.mean(jax.vmap(potential)(draws))
 
         grads = jax.grad(neg_elbo)(model_params)
         updates, new_optim_state = self.optim.update(grads, optim_state, model_params)
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-        return jax.tree.map(
-            lambda new, old: jnp.where(finite, new, old),
-            (optax.apply_updates(model_params, updates), new_optim_state),
-            (model_params, optim_state),
-        )
+        new = (optax.apply_updates(model_params, updates), new_optim_state)
+        return keep_if(is_finite(grads), new, (model_params, optim_state))
 
     def update(self, state, *args, **kwargs):
         """One natural-gradient step; returns ``(state, loss)`` with ``loss`` the
