@@ -1,15 +1,12 @@
 """Every estimator at its defaults on every model of the zoo, at test size."""
 
-import importlib
-
 import jax
 import numpy as np
 import pytest
 
-from ngvi import NGVI, StructuredGaussian
-from ngvi.models.reference import load_reference
+from ngvi import NGVI
 from test_zoo import WITH_REFERENCE
-from test_zoo_fits import group_for
+from test_zoo_fits import default_guide
 
 # Gauss-Newton needs per-example likelihood terms; these models are a bare density.
 NO_OBSERVED_SITES = {"funnel"}
@@ -25,9 +22,7 @@ def test_every_estimator_runs_on_every_model(name, estimator):
     model without observed sites: a ValueError saying so). Fixed points: "stein"
     against "hessian" in ``tests/test_accuracy.py``; "gauss_newton" has its own
     (the empirical Fisher replaces the Hessian, as in VOGN)."""
-    module = importlib.import_module(f"ngvi.models.{name}")
-    data = module.data()
-    guide = StructuredGaussian(module.model, group=group_for(len(load_reference(name)["unconstrained"]["mean"])))
+    module, data, guide = default_guide(name)
     ngvi = NGVI(module.model, guide, estimator=estimator)
     if estimator == "gauss_newton" and name in NO_OBSERVED_SITES:
         with pytest.raises(ValueError, match="needs observed sites"):

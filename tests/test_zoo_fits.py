@@ -64,6 +64,13 @@ def group_for(p):
     return groups.Dense() if p <= DENSE_MAX_P else groups.BlockUpperTriangular(BLOCK_K)
 
 
+def default_guide(name):
+    """``(module, data, guide)`` for zoo model ``name``, the guide with every default but its group."""
+    module = importlib.import_module(f"ngvi.models.{name}")
+    p = len(load_reference(name)["unconstrained"]["mean"])
+    return module, module.data(), StructuredGaussian(module.model, group=group_for(p))
+
+
 def pattern(group, p):
     """The entries of ``p x p`` matrices in ``group``'s tangent space, written plainly."""
     if isinstance(group, groups.Dense):
@@ -77,10 +84,7 @@ def pattern(group, p):
 def averaged_fit(name):
     """The default fit of model ``name``: ``(guide, state, data, mean loc, mean factor)``,
     averaged over the last ``NUM_STEPS // 2`` of ``NUM_STEPS`` steps."""
-    module = importlib.import_module(f"ngvi.models.{name}")
-    data = module.data()
-    p = len(load_reference(name)["unconstrained"]["mean"])
-    guide = StructuredGaussian(module.model, group=group_for(p))
+    module, data, guide = default_guide(name)
     ngvi = NGVI(module.model, guide)
     state = ngvi.init(jax.random.PRNGKey(0), **data)
     start = NUM_STEPS - NUM_STEPS // 2

@@ -1,7 +1,5 @@
 """Every zoo model's guide with NumPyro's own tools: Predictive, ArviZ, stock SVI."""
 
-import importlib
-
 import jax
 import numpy as np
 import numpyro
@@ -9,10 +7,9 @@ import pytest
 from numpyro import handlers
 from numpyro.infer import SVI, Predictive, RenyiELBO, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 
-from ngvi import NGVI, StructuredGaussian, to_inference_data
-from ngvi.models.reference import load_reference
+from ngvi import NGVI, to_inference_data
 from test_zoo import WITH_REFERENCE
-from test_zoo_fits import group_for
+from test_zoo_fits import default_guide
 
 KEY = jax.random.PRNGKey(0)
 
@@ -27,9 +24,7 @@ def test_predictive_inference_data_and_stock_svi_on_every_model(name):
     gives finite posterior draws and a Pareto k (not NaN), and one SVI step (Adam) with each of Trace_ELBO,
     TraceMeanField_ELBO, RenyiELBO and TraceGraph_ELBO gives a finite loss and
     finite parameters."""
-    module = importlib.import_module(f"ngvi.models.{name}")
-    data = module.data()
-    guide = StructuredGaussian(module.model, group=group_for(len(load_reference(name)["unconstrained"]["mean"])))
+    module, data, guide = default_guide(name)
     NGVI(module.model, guide).init(KEY, **data)
     params = guide.params_from_state(guide.init_state())
     observed = [k for k, site in handlers.trace(handlers.seed(module.model, 0)).get_trace(**data).items()
