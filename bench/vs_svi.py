@@ -164,14 +164,24 @@ class Method:
 
 
 def compile_loop(step, state, kw):
-    """``(state, n, kw) -> state`` after ``n`` steps, compiled ahead; returns it and the compile seconds."""
+    """``(state, n, kw) -> state`` after ``n`` steps, compiled ahead; returns it and the compile seconds.
 
-    def loop(state, n, kw):
-        return jax.lax.fori_loop(0, n, lambda _, s: step(s, kw), state)
+    Only the array arguments in ``kw`` are traced; the others (sizes such as a
+    number of groups) are closed over, as the model needs them concrete."""
+    arrays = {name: value for name, value in kw.items() if isinstance(value, (jax.Array, np.ndarray))}
+    static = {name: value for name, value in kw.items() if name not in arrays}
+
+    def loop(state, n, arrays):
+        return jax.lax.fori_loop(0, n, lambda _, s: step(s, {**static, **arrays}), state)
 
     start = time.perf_counter()
-    compiled = jax.jit(loop).lower(state, jnp.int32(1), kw).compile()
-    return compiled, time.perf_counter() - start
+    compiled = jax.jit(loop).lower(state, jnp.int32(1), arrays).compile()
+    compile_s = time.perf_counter() - start
+
+    def advance(state, n, kw):
+        return compiled(state, n, {name: kw[name] for name in arrays})
+
+    return advance, compile_s
 
 
 def ngvi_grads_per_step(optimiser, state, kw):
