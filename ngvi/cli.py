@@ -84,7 +84,10 @@ def _parser():
     fit = commands.add_parser("fit", help="fit a model with natural-gradient VI")
     fit.add_argument("model", help="a model name in models/ or a path to a file defining `model` and `data()`")
     fit.add_argument("--group", default="dense", help="dense, diagonal, lower, upper, toeplitz, block_upper:K, block_lower:K, hierarchical:K1,K2")
-    fit.add_argument("--steps", type=_positive_int, default=500)
+    fit.add_argument("--steps", type=_positive_int, default=None,
+                     help="run exactly this many steps (default: until converged, at most --max-steps)")
+    fit.add_argument("--tol", type=float, default=0.03, help="the error the converged answer must reach, in posterior sds")
+    fit.add_argument("--max-steps", type=_positive_int, default=10_000)
     fit.add_argument("--estimator", default="hessian", choices=["hessian", "stein", "gauss_newton", "zeroth_order"])
     fit.add_argument("--step-size", type=float, default=0.5)
     fit.add_argument("--num-samples", type=_positive_int, default=8, help="Monte-Carlo samples per step")
@@ -153,6 +156,7 @@ def fit(options):
     ngvi = NGVI(
         module.model, guide, step_size=options.step_size, num_samples=options.num_samples,
         estimator=options.estimator, warm_start="laplace" if options.laplace else None,
+        tol=options.tol, max_steps=options.max_steps,
     )
     fit_key, draw_key, nuts_key = jax.random.split(jax.random.PRNGKey(options.seed), 3)
     start = time.perf_counter()
@@ -161,7 +165,9 @@ def fit(options):
     vi_seconds = time.perf_counter() - start
     idata = to_inference_data(guide, result.params, num_samples=options.draws, rng_key=draw_key, losses=result.losses, **data)
     start_text = ", from a Laplace start" if options.laplace else ""
-    print(f"\nngvi: {options.model}, group {guide.group!r}, estimator {options.estimator}, {options.steps} steps{start_text} "
+    stopped = {"converged": ", converged", "max_steps": ", not converged (max steps)", "num_steps": ""}[result.stop_reason]
+    print(f"\nngvi: {options.model}, group {guide.group!r}, estimator {options.estimator}, "
+          f"{result.losses.shape[0]} steps{stopped}{start_text} "
           f"in {vi_seconds:.1f} s, rejected steps {int(result.state.num_rejected)}, "
           f"final loss {float(jnp.nanmean(result.losses[-50:])):.3f}, Pareto k {idata.attrs['pareto_k']:.2f}")
     print(az.summary(idata, kind="stats").to_string())

@@ -9,6 +9,7 @@ guide for its algorithm (:meth:`ngvi.StructuredGaussian.algorithm`) and takes
 one step of it.
 """
 
+import numbers
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -19,13 +20,17 @@ from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 from tqdm import tqdm
 
+from ngvi import convergence
 from ngvi.guides.mixture import StructuredGaussianMixture
 from ngvi.laplace import check_laplace_start, laplace_start
 from ngvi.ngd import is_finite
 from ngvi.target import check_initial_point, make_target, model_param_sites
-from ngvi.vi.base import keep_if
+from ngvi.vi.base import keep_if, step_size_at
 
 __all__ = ["NGVI", "NGVIState", "NGVIRunResult"]
+
+CHUNK = 10
+"""Steps per compiled chunk of a run that stops by itself (the stopping rule looks between chunks)."""
 
 
 class NGVIState(NamedTuple):
@@ -44,12 +49,16 @@ class NGVIState(NamedTuple):
 
 class NGVIRunResult(NamedTuple):
     """``losses`` are the negative-ELBO estimates per step, ``info`` the
-    algorithm's per-step diagnostics stacked along a leading step axis."""
+    algorithm's per-step diagnostics stacked along a leading step axis;
+    ``converged`` (``None`` when ``num_steps`` was given) and ``stop_reason``
+    (``"converged"``, ``"max_steps"`` or ``"num_steps"``) say why the run stopped."""
 
     params: dict
     state: NGVIState
     losses: jax.Array
     info: Any
+    converged: Any = None
+    stop_reason: str = "num_steps"
 
 
 class NGVI:
@@ -85,6 +94,10 @@ class NGVI:
         step on the negative ELBO, ``grad_theta E_q[-log p(x, z; theta)]``
         averaged over ``num_samples`` fresh draws, in their unconstrained space
         (as SVI does); the latents take the natural-gradient step.
+    :param tol: for ``run(key, None, ...)``: the Monte-Carlo error the answer
+        must reach in every coordinate (at 99%), for the means in posterior
+        standard deviations and for the scales relative (:mod:`ngvi.convergence`).
+    :param max_steps: for ``run(key, None, ...)``: the most steps it takes.
     """
 
     def __init__(
@@ -99,6 +112,8 @@ class NGVI:
         loc_trust_radius=10.0,
         warm_start=None,
         optim=None,
+        tol=0.03,
+        max_steps=10_000,
         **estimator_kwargs,
     ):
         if warm_start not in (None, "laplace"):
@@ -108,6 +123,9 @@ class NGVI:
         self.optim = optax.adam(1e-2) if optim is None else optim
         if not isinstance(self.optim, optax.GradientTransformation):
             raise ValueError(f"optim must be an optax.GradientTransformation, got {type(self.optim).__name__}.")
+        if not tol > 0 or int(max_steps) != max_steps or max_steps < 1:
+            raise ValueError(f"tol must be positive and max_steps a positive integer, got tol={tol}, max_steps={max_steps}.")
+        self.tol, self.max_steps = tol, int(max_steps)
         self.model, self.guide, self.warm_start = model, guide, warm_start
         self._param_constraints = {}
         self.step_size, self.num_samples, self.estimator, self.gamma = step_size, num_samples, estimator, gamma
@@ -130,10 +148,12 @@ class NGVI:
         """The model with its ``numpyro.param`` sites at ``model_params`` (unconstrained)."""
         return handlers.substitute(self.model, data=self._constrain(model_params)) if model_params else self.model
 
-    def _algorithm(self, rng_key, args, kwargs, model_params):
-        """The guide's algorithm on the model's target, seeded with ``rng_key``."""
+    def _algorithm(self, rng_key, args, kwargs, model_params, step_scale=1.0):
+        """The guide's algorithm on the model's target, seeded with ``rng_key``,
+        its step size scaled by ``step_scale``."""
         target = make_target(self._model_at(model_params), self.guide, rng_key, args, kwargs)
-        return self.guide.algorithm(target, **self._settings)
+        step_size = lambda step: step_scale * step_size_at(self.step_size, step)  # noqa: E731
+        return self.guide.algorithm(target, **{**self._settings, "step_size": step_size})
 
     def init(self, rng_key, *args, **kwargs):
         """Set up the guide on the model's arguments and return the initial state.
@@ -165,12 +185,12 @@ class NGVI:
         check_laplace_start(start)
         return self.guide.init_state(start.loc, start.factor)
 
-    def _update(self, state, args, kwargs):
+    def _update(self, state, args, kwargs, step_scale=1.0):
         """One step: ``(state, info)``. The state's key splits into the next key,
         the model's seed (the data subsample), the algorithm's step key and the
         key of the draws for the model's ``numpyro.param`` sites."""
         rng_key, model_key, step_key, param_key = jax.random.split(state.rng_key, 4)
-        algorithm = self._algorithm(model_key, args, kwargs, state.model_params)
+        algorithm = self._algorithm(model_key, args, kwargs, state.model_params, step_scale)
         vi_state, info = algorithm.step(step_key, state.vi_state)
         model_params, optim_state = state.model_params, state.optim_state
         if model_params:
@@ -203,30 +223,88 @@ class NGVI:
         return state, info.loss
 
     def run(self, rng_key, num_steps, *args, progress_bar=True, init_state=None, **kwargs):
-        """``num_steps`` steps as jit-compiled ``lax.scan`` chunks (one chunk
-        without a progress bar, about twenty with one)."""
+        """``num_steps`` steps, or with ``num_steps=None`` until converged
+        (:mod:`ngvi.convergence`: the window average of the iterates is
+        stationary and its standard error below ``tol``; at most
+        ``max_steps``). Steps run as one jit-compiled loop per chunk, compiled
+        once per call; the host sees each chunk's diagnostics (progress bar,
+        stopping rule), never a single step's.
+
+        The result's ``converged`` and ``stop_reason`` say why it stopped
+        (``None`` and ``"num_steps"`` with ``num_steps`` given). A converged
+        run returns the window average (in the state, too), otherwise the
+        last iterate."""
+        _check_num_steps(num_steps)
         state = self.init(rng_key, *args, **kwargs) if init_state is None else init_state
+        if num_steps is None:
+            return self._run_to_convergence(state, args, kwargs, progress_bar)
+        length = max(1, num_steps // 20) if progress_bar else num_steps
+        chunk, infos, done = self._compiled_chunk(args, kwargs, length), [], 0
+        with tqdm(total=num_steps, disable=not progress_bar) as bar:
+            while done < num_steps:
+                num = min(length, num_steps - done)
+                state, _, info = chunk(state, num, 1.0)
+                infos.append(jax.tree.map(lambda x, num=num: x[:num], info))
+                if progress_bar:
+                    bar.set_postfix_str(_progress(state, info, num))
+                bar.update(num)
+                done += num
+        return self._result(state, infos, None, "num_steps")
 
-        @partial(jax.jit, static_argnums=1)
-        def scan_chunk(state, length):
-            return jax.lax.scan(lambda s, _: self._update(s, args, kwargs), state, None, length=length)
+    def _run_to_convergence(self, state, args, kwargs, progress_bar):
+        """Batches of chunks of ``CHUNK`` steps into :func:`ngvi.convergence.add_batch` until converged or ``max_steps``."""
+        chunk, infos, done = self._compiled_chunk(args, kwargs, CHUNK), [], 0
+        shift_fn = jax.jit(partial(convergence.shift, self.guide.group))
+        window, check = convergence.new_window(), None
+        dim = state.vi_state.loc.shape[-1]
+        with tqdm(total=self.max_steps, disable=not progress_bar) as bar:
+            while done < self.max_steps and not (check and check.converged):
+                beta = window.step_scale * _step_size(self.step_size, state)
+                batch, num_chunks = None, convergence.batch_length(beta, CHUNK)
+                for i in range(num_chunks):
+                    num = min(CHUNK, self.max_steps - done)
+                    if num == 0:
+                        break
+                    state, mean, info = chunk(state, num, window.step_scale)
+                    infos.append(jax.tree.map(lambda x, num=num: x[:num], info))
+                    batch = mean if batch is None else jax.tree.map(lambda b, m, i=i: b + (m - b) / (i + 1), batch, mean)
+                    bar.update(num)
+                    done += num
+                window, new_check = convergence.add_batch(window, batch, shift_fn, self.tol, dim)
+                check = new_check or check
+                if progress_bar:
+                    bar.set_postfix_str(_progress(state, info, num, check, self.tol, dim))
+            converged = bool(check and check.converged)
+            if progress_bar:
+                bar.set_description("converged" if converged else "not converged")
+        if converged:
+            state = state._replace(vi_state=convergence.with_parameters(state.vi_state, check.answer))
+        return self._result(state, infos, converged, "converged" if converged else "max_steps")
 
-        if not progress_bar:
-            state, info = scan_chunk(state, num_steps)
-        else:
-            chunk = max(1, num_steps // 20)
-            chunks = []
-            with tqdm(total=num_steps) as bar:
-                done = 0
-                while done < num_steps:
-                    length = min(chunk, num_steps - done)
-                    state, info = scan_chunk(state, length)
-                    chunks.append(info)
-                    done += length
-                    bar.set_postfix_str(f"loss {float(jnp.nanmean(info.loss)):.4g}, rejected {int(state.num_rejected)}")
-                    bar.update(length)
-            info = jax.tree.map(lambda *parts: jnp.concatenate(parts), *chunks)
-        return NGVIRunResult(self.get_params(state), state, info.loss, info)
+    def _compiled_chunk(self, args, kwargs, length):
+        """``(state, n, step_scale) -> (state, mean of q's parameters over the
+        n steps, infos)`` for ``n <= length`` steps (infos padded to
+        ``length``) at ``step_scale`` times the step size, jit-compiled."""
+
+        def chunk(state, num, step_scale):
+            info_shape = jax.eval_shape(lambda s: self._update(s, args, kwargs)[1], state)
+            infos = jax.tree.map(lambda x: jnp.zeros((length,) + x.shape, x.dtype), info_shape)
+            sums = jax.tree.map(jnp.zeros_like, convergence.parameters(state.vi_state))
+
+            def body(i, carry):
+                state, infos, sums = carry
+                state, info = self._update(state, args, kwargs, step_scale)
+                infos = jax.tree.map(lambda buffer, x: buffer.at[i].set(x), infos, info)
+                return state, infos, jax.tree.map(jnp.add, sums, convergence.parameters(state.vi_state))
+
+            state, infos, sums = jax.lax.fori_loop(0, num, body, (state, infos, sums))
+            return state, jax.tree.map(lambda x: x / num, sums), infos
+
+        return jax.jit(chunk)
+
+    def _result(self, state, infos, converged, stop_reason):
+        info = jax.tree.map(lambda *parts: jnp.concatenate(parts), *infos)
+        return NGVIRunResult(self.get_params(state), state, info.loss, info, converged, stop_reason)
 
     def get_params(self, state):
         """The guide's param dict (``{prefix}_loc``, ``{prefix}_factor_*``, ...)
@@ -237,3 +315,33 @@ class NGVI:
         """A negative-ELBO estimate at ``state`` from fresh samples."""
         model_key, loss_key = jax.random.split(jax.random.fold_in(state.rng_key, 1))
         return self._algorithm(model_key, args, kwargs, state.model_params).loss(loss_key, state.vi_state)
+
+
+def _check_num_steps(num_steps):
+    """``num_steps`` is a positive int or ``None``; anything else (an array: a
+    model argument passed where ``num_steps`` belongs) is a ``ValueError``."""
+    if num_steps is None or (isinstance(num_steps, numbers.Integral) and not isinstance(num_steps, bool) and num_steps >= 1):
+        return
+    shape = f" of shape {jnp.shape(num_steps)}" if hasattr(num_steps, "shape") else ""
+    raise ValueError(
+        f"num_steps must be a positive int, or None to run until converged; got {type(num_steps).__name__}{shape}"
+        f" {num_steps!r:.60}. The model's arguments come after it: run(rng_key, num_steps, *args, **kwargs)."
+    )
+
+
+def _step_size(step_size, state):
+    """The step size at ``state``'s step, scaled by the step control's radius."""
+    radius = getattr(state.vi_state, "radius", None)
+    return float(step_size_at(step_size, state.vi_state.step)) * (1.0 if radius is None else float(radius))
+
+
+def _progress(state, info, num, check=None, tol=None, dim=None):
+    """The progress bar's text after a chunk of ``num`` steps: the loss, the
+    rejections and, once the stopping rule has looked, the drift between the
+    window's halves and the answer's error bound (both in posterior sds)."""
+    text = f"loss {float(jnp.nanmean(info.loss[:num])):.4g}, rejected {int(state.num_rejected)}"
+    if check is not None:
+        bound = check.se * convergence.error_quantile(dim)
+        text += f", drift {check.drift:.3g}, error {bound:.3g} (tol {tol:g})"
+    return text
+

@@ -113,3 +113,41 @@ def sd_errors(loc, cov, ref_loc, ref_cov):
     """``(max |mean error| / ref sd, max |sd / ref sd - 1|)`` over coordinates."""
     ref_sd = np.sqrt(np.diag(ref_cov))
     return np.max(np.abs(loc - ref_loc) / ref_sd), np.max(np.abs(np.sqrt(np.diag(cov)) / ref_sd - 1))
+
+
+def kl_optimum_dense(fn, start, num_draws=4096, seed=0):
+    """The dense Gaussian family's KL optimum of ``exp(-fn)``, computed without
+    the library: minimise the sample-average negative ELBO
+    ``mean_n fn(mu + C eps_n) - sum_i log C_ii`` over ``mu`` and lower-triangular
+    ``C`` (covariance ``C C^T``) by scipy's L-BFGS in float64, on fixed draws
+    whitened to exactly zero mean and identity covariance (so the optimum is
+    exact for a Gaussian target). Starts at ``start = (mean, cov)``; asserts
+    that the gradient vanishes at the end. Returns ``(mean, cov)``."""
+    from scipy.optimize import minimize
+
+    mean0, cov0 = (np.asarray(x, np.float64) for x in start)
+    p = mean0.shape[0]
+    eps = np.random.default_rng(seed).standard_normal((num_draws // 2, p))
+    eps = np.concatenate([eps, -eps])
+    eps = eps @ np.linalg.inv(np.linalg.cholesky(eps.T @ eps / num_draws)).T
+    rows, cols = np.tril_indices(p)
+    diag = rows == cols
+    eps, fn = jnp.asarray(eps), jax.vmap(fn)
+
+    def unpack(x):
+        entries = jnp.where(diag, jnp.exp(x[p:]), x[p:])
+        return x[:p], jnp.zeros((p, p)).at[rows, cols].set(entries)
+
+    def objective(x):
+        loc, chol = unpack(x)
+        return jnp.mean(fn(loc + eps @ chol.T)) - jnp.sum(jnp.where(diag, x[p:], 0.0))
+
+    value_and_grad = jax.jit(jax.value_and_grad(objective))
+    chol0 = np.linalg.cholesky(cov0)[rows, cols]
+    x0 = np.concatenate([mean0, np.where(diag, np.log(np.abs(chol0)), chol0)])
+    fun = lambda x: tuple(np.asarray(v, np.float64) for v in value_and_grad(jnp.asarray(x)))
+    solution = minimize(fun, x0, jac=True, method="L-BFGS-B", options={"maxiter": 5000, "gtol": 1e-10, "ftol": 0.0})
+    grad = fun(solution.x)[1]
+    assert np.max(np.abs(grad)) < 1e-5, (solution.message, np.max(np.abs(grad)))
+    loc, chol = (np.asarray(a) for a in unpack(jnp.asarray(solution.x)))
+    return loc, chol @ chol.T

@@ -1,0 +1,191 @@
+"""When a run has converged: batch means of the iterates, a stationarity test
+between the two halves of a window, and the averaged answer.
+
+At a constant step size the iterates of a stochastic step do not settle: they
+fluctuate around the fixed point by the Monte-Carlo noise of one step. The
+average over a window of ``W`` steps has a standard error that falls as
+``1 / sqrt(W)``, so the answer of a run is the window average, and the run
+stops when (MATH.md's step is the same; only the bookkeeping is new here)
+
+* the window is **stationary**: the averages of its two halves differ by less
+  than ``DRIFT_Z`` standard errors of their difference (or by less than ``tol``),
+* the answer is **precise**: the standard error of the window average, times
+  ``z_p`` (:func:`error_quantile`: a bound on all ``p`` coordinates' errors at
+  99%), is below ``tol``;
+* the answer is **unbiased**: at a constant step the iterates' mean sits
+  ``O(beta)`` off the fixed point, so once stationary the step size halves,
+  and the halves of a window (the second at half the step size of the first)
+  must agree to within ``tol / z_p``.
+
+Both are measured in the Gaussian's own units, so one ``tol`` serves every model:
+the mean in whitened coordinates, ``||B^T (mu_1 - mu_2)|| / sqrt(p)`` (RMS over
+coordinates of the shift in posterior standard deviations), and the scale as
+``||sym(B_1^-1 B_2 - I) r|| / sqrt(p)`` over a few fixed probes ``r`` (RMS
+relative change of the precision's square root); for a mixture, the largest
+over the components, and the largest change of a weight. Each costs a few
+structured products (``O(its structure)``).
+
+The standard errors come from batch means: the iterates are averaged over
+batches of at least ``BATCH_DECORRELATIONS / beta`` steps (a step of size
+``beta`` forgets the previous iterate at rate ``beta``, so batch means of that
+length are nearly independent), and the spread of consecutive batch means
+gives the noise of one batch mean. A window is ``2 m`` batches; while it is
+stationary but not yet precise, it doubles in steps (first by halving the step
+size, which also shrinks the constant step's bias, then by doubling ``m``; its
+second half starts the next window), so the run spends its steps on averaging
+only once it has stopped moving, and a transient leaves the average within
+two windows.
+"""
+
+import math
+import statistics
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["PARAMETER_FIELDS", "parameters", "with_parameters", "shift", "Window", "new_window", "add_batch", "batch_length", "error_quantile"]
+
+PARAMETER_FIELDS = ("loc", "factor", "log_weights")
+"""The fields of an algorithm state that describe ``q`` (and are averaged)."""
+
+# A batch is at least BATCH_DECORRELATIONS / beta steps; a window starts with
+# 2 * MIN_HALF batches; halves that differ by DRIFT_Z standard errors are moving.
+BATCH_DECORRELATIONS, MIN_HALF, DRIFT_Z, NUM_PROBES = 4.0, 4, 3.0, 8
+# Once stationary, the step size halves down to MIN_STEP_SCALE of the user's: at
+# a constant step the iterates' mean sits O(beta) off the fixed point (the
+# noise's second-order effect), which averaging alone does not remove.
+MIN_STEP_SCALE = 1.0 / 16
+
+
+def parameters(vi_state):
+    """The fields of ``vi_state`` that describe ``q``: ``loc``, ``factor`` (and ``log_weights``)."""
+    return {name: getattr(vi_state, name) for name in PARAMETER_FIELDS if hasattr(vi_state, name)}
+
+
+def with_parameters(vi_state, params):
+    """``vi_state`` with its ``q`` replaced by ``params`` (step count, backup and radius kept)."""
+    return vi_state._replace(**params)
+
+
+def _gaussian_shift(group, loc_a, factor_a, loc_b, factor_b, probes):
+    """``(||B_b^T (mu_b - mu_a)||, RMS_r ||sym(B_a^-1 B_b - I) r||) / sqrt(p)``."""
+    p = loc_a.shape[-1]
+    mean = jnp.linalg.norm(group.rmatvec(factor_b, loc_b - loc_a)) / math.sqrt(p)
+
+    def sym_change(r):
+        forward = group.solve(factor_a, group.matvec(factor_b, r)) - r
+        backward = group.rmatvec(factor_b, group.rsolve(factor_a, r)) - r
+        return jnp.sum((0.5 * (forward + backward)) ** 2)
+
+    scale = jnp.sqrt(jnp.mean(jax.vmap(sym_change)(probes)) / p)
+    return mean, scale
+
+
+def shift(group, a, b):
+    """How far ``q`` moved from parameters ``a`` to ``b`` (:func:`parameters`
+    dicts): ``(mean shift, scale shift, weight shift)``, each in the units of
+    the module docstring (the weight shift is 0 for a single Gaussian)."""
+    loc = a["loc"]
+    probes = jax.random.rademacher(jax.random.PRNGKey(0), (NUM_PROBES, loc.shape[-1]), loc.dtype)
+    if loc.ndim == 1:
+        mean, scale = _gaussian_shift(group, a["loc"], a["factor"], b["loc"], b["factor"], probes)
+        return mean, scale, jnp.zeros((), loc.dtype)
+    per_component = jax.vmap(lambda la, fa, lb, fb: _gaussian_shift(group, la, fa, lb, fb, probes))
+    mean, scale = per_component(a["loc"], a["factor"], b["loc"], b["factor"])
+    weights = jnp.max(jnp.abs(jax.nn.softmax(a["log_weights"]) - jax.nn.softmax(b["log_weights"])))
+    return jnp.max(mean), jnp.max(scale), weights
+
+
+def batch_length(step_size, chunk):
+    """Chunks of ``chunk`` steps per batch at step size ``step_size``: at least ``BATCH_DECORRELATIONS / beta`` steps."""
+    return max(1, math.ceil(BATCH_DECORRELATIONS / (max(step_size, 1e-6) * chunk)))
+
+
+class Window(NamedTuple):
+    """The host-side bookkeeping of the stopping rule: ``half`` batches per
+    half-window; ``first`` the completed first half's average (``None`` until
+    complete); ``current`` the running average of the half being filled
+    (``filled`` batches so far); ``last_batch`` the previous batch mean;
+    ``noise`` the squared shifts of consecutive batch means (mean, scale,
+    weight); ``step_scale`` the factor the run's step size is scaled by."""
+
+    half: int
+    first: Any
+    current: Any
+    filled: int
+    last_batch: Any
+    noise: tuple
+    step_scale: float = 1.0
+
+
+def new_window():
+    """An empty window of ``2 * MIN_HALF`` batches, at the full step size."""
+    return Window(MIN_HALF, None, None, 0, None, ())
+
+
+def _average(a, b, weight_b):
+    return jax.tree.map(lambda x, y: (1.0 - weight_b) * x + weight_b * y, a, b)
+
+
+class Check(NamedTuple):
+    """One decision of the stopping rule: the halves' ``drift`` and the
+    answer's standard error ``se`` (each the largest of the mean, scale and
+    weight parts), whether the window is ``stationary`` and the run
+    ``converged``, and ``answer``: the window average."""
+
+    drift: float
+    se: float
+    stationary: bool
+    converged: bool
+    answer: Any
+
+
+def error_quantile(p):
+    """``z_p``: the standard normal quantile at ``1 - 0.005 / p``, so that an
+    error of ``z_p`` standard errors bounds all ``p`` coordinates' at 99%."""
+    return statistics.NormalDist().inv_cdf(1.0 - 0.005 / p)
+
+
+def add_batch(window, batch, shift_fn, tol, p):
+    """Add one batch mean; returns ``(window, check)``, ``check`` ``None``
+    until a window is complete. ``shift_fn(a, b)`` is :func:`shift` on the
+    group, compiled; ``tol`` bounds every one of the ``p`` coordinates' errors
+    (``z_p`` times the RMS standard error, :func:`error_quantile`)."""
+    noise = window.noise
+    if window.last_batch is not None:
+        noise = (noise + (tuple(float(s) ** 2 for s in shift_fn(window.last_batch, batch)),))[-4 * window.half:]
+    filled = window.filled + 1
+    current = batch if window.filled == 0 else _average(window.current, batch, 1.0 / filled)
+    window = window._replace(current=current, filled=filled, last_batch=batch, noise=noise)
+    if filled < window.half:
+        return window, None
+    if window.first is None:
+        return window._replace(first=current, current=None, filled=0), None
+    return _check(window, shift_fn, tol / error_quantile(p))
+
+
+def _check(window, shift_fn, rms_tol):
+    """Compare the halves, with the noise of a batch mean from the second
+    half's consecutive batches (the first may hold the end of a transient).
+    Stationary but not precise: the window doubles in steps, by halving the
+    step scale (batches of ``BATCH_DECORRELATIONS / beta`` steps get twice as
+    long) down to ``MIN_STEP_SCALE`` and by doubling its batches after, and
+    keeps its second half as the start of its new first half (dropping the
+    older half, which may still hold the transient); moving: it slides by a half."""
+    half, pairs = window.half, window.noise[-(window.half - 1):]
+    batch_var = [sum(pair[i] for pair in pairs) / (2 * len(pairs)) for i in range(3)]  # E|shift|^2 = 2 var
+    half_se = [math.sqrt(v / half) for v in batch_var]
+    drift = [float(d) for d in shift_fn(window.first, window.current)]
+    stationary = all(d <= max(DRIFT_Z * math.sqrt(2.0) * s, rms_tol) for d, s in zip(drift, half_se))
+    se = max(half_se) / math.sqrt(2.0)
+    # Converged: the halves, of which the second ran at half the step size,
+    # agree to within the tolerance (the bias of the larger step is gone) and
+    # the average is precise.
+    converged = stationary and window.step_scale < 1.0 and max(drift) <= rms_tol and se <= rms_tol
+    check = Check(max(drift), se, stationary, converged, _average(window.first, window.current, 0.5))
+    if stationary:
+        if window.step_scale > MIN_STEP_SCALE:
+            return window._replace(step_scale=window.step_scale / 2, first=window.current, current=None, filled=0), check
+        return window._replace(half=2 * half, first=None, filled=half), check
+    return window._replace(first=window.current, current=None, filled=0), check

@@ -1,0 +1,110 @@
+"""``NGVI.run(key, None, ...)`` stops by itself (:mod:`ngvi.convergence`): it
+reaches the family's KL optimum at the Monte-Carlo floor, does not stop while a
+small step is still moving, reports why it stopped, and rejects a model
+argument passed where ``num_steps`` belongs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from fitting import dense_covariance, kl_optimum_dense, potential
+
+from ngvi import NGVI, StructuredGaussian, convergence, groups
+from ngvi.models import linear_regression, logistic_regression
+
+KEY = jax.random.PRNGKey(0)
+
+
+def fit_until_converged(module, seed=0, **ngvi_kwargs):
+    data = module.data()
+    guide = StructuredGaussian(module.model, group=groups.Dense())
+    result = NGVI(module.model, guide, **ngvi_kwargs).run(jax.random.PRNGKey(seed), None, progress_bar=False, **data)
+    vi_state = result.state.vi_state
+    cov = dense_covariance(guide.group, vi_state.factor)
+    return result, np.asarray(vi_state.loc, np.float64), np.asarray(cov, np.float64)
+
+
+def errors(mean, cov, ref_mean, ref_cov):
+    """``(max |mean error| / ref sd, max |sd / ref sd - 1|)``."""
+    ref_sd = np.sqrt(np.diag(ref_cov))
+    return np.max(np.abs(mean - ref_mean) / ref_sd), np.max(np.abs(np.sqrt(np.diag(cov)) / ref_sd - 1.0))
+
+
+@pytest.mark.parametrize("step_size", [0.5, 0.02], ids=["default_step", "small_step"])
+def test_in_family_target_stops_at_the_exact_posterior(step_size):
+    """On a conjugate model (the posterior is in the family) the run stops by
+    itself, converged, at the exact posterior. With a fixed small step (0.02:
+    the distance to the optimum shrinks by 2% a step) it must run long: the
+    stopping rule may not stop while the iterates still move."""
+    result, mean, cov = fit_until_converged(linear_regression, step_size=step_size)
+    exact_mean, exact_cov = linear_regression.exact_posterior(**linear_regression.data())
+    mean_error, sd_error = errors(mean, cov, exact_mean, exact_cov)
+    steps = result.losses.shape[0]
+    assert result.converged and result.stop_reason == "converged", result.stop_reason
+    assert mean_error < 0.03 and sd_error < 0.03, (mean_error, sd_error, steps)
+    if step_size < 0.1:
+        assert steps >= 200, steps  # 0.98^200 = 0.018 of the start's distance
+    else:
+        assert steps <= 400, steps
+    assert np.all(np.isfinite(result.losses))
+
+
+@pytest.mark.parametrize("x64", [True, False], ids=["float64", "float32"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_logistic_regression_reaches_the_kl_optimum(seed, x64):
+    """31 coefficients, not in the family: at every default (Dense, "hessian",
+    8 draws, step 0.5) the run converges, and its means and sds are within
+    0.03 sd and 3% of the dense family's KL optimum, computed without the
+    library (:func:`fitting.kl_optimum_dense`), in float64 and in float32."""
+    with jax.enable_x64(x64):
+        result, mean, cov = fit_until_converged(logistic_regression, seed=seed)
+    assert result.converged, result.stop_reason
+    data = logistic_regression.data()
+    optimum = kl_optimum_dense(potential(logistic_regression.model, data), (mean, cov))
+    mean_error, sd_error = errors(mean, cov, *optimum)
+    assert mean_error < 0.03 and sd_error < 0.03, (mean_error, sd_error, result.losses.shape[0])
+
+
+def test_max_steps_stops_a_run_that_cannot_converge():
+    """A tolerance below the Monte-Carlo floor: the run stops at ``max_steps``,
+    says so, and returns finite parameters."""
+    data = logistic_regression.data()
+    guide = StructuredGaussian(logistic_regression.model)
+    result = NGVI(logistic_regression.model, guide, tol=1e-6, max_steps=95).run(KEY, None, progress_bar=False, **data)
+    assert (result.converged, result.stop_reason, result.losses.shape[0]) == (False, "max_steps", 95)
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(result.params))
+
+
+def test_progress_bar_reports_convergence(capsys):
+    result = NGVI(linear_regression.model, StructuredGaussian(linear_regression.model)).run(
+        KEY, None, **linear_regression.data()
+    )
+    err = capsys.readouterr().err
+    assert result.converged and "converged" in err and "error " in err
+
+
+@pytest.mark.parametrize("bad", [jnp.ones((3, 2)), 0, -5, 2.5, True])
+def test_model_argument_in_place_of_num_steps_is_a_clear_error(bad):
+    ngvi = NGVI(linear_regression.model, StructuredGaussian(linear_regression.model))
+    with pytest.raises(ValueError, match="num_steps must be a positive int"):
+        ngvi.run(KEY, bad, **linear_regression.data())
+
+
+@pytest.mark.parametrize("setting", [dict(tol=0.0), dict(max_steps=0), dict(max_steps=2.5)])
+def test_bad_stopping_settings(setting):
+    with pytest.raises(ValueError, match="tol must be positive"):
+        NGVI(linear_regression.model, StructuredGaussian(linear_regression.model), **setting)
+
+
+def test_shift_measures_mean_and_scale_in_the_gaussians_units():
+    """A mean moved by 0.1 sd in every coordinate and a precision root scaled by
+    1.05 read as shifts 0.1 and 0.05, for a correlated dense Gaussian."""
+    group, p = groups.Dense(), 6
+    rng = np.random.default_rng(0)
+    b = jnp.asarray(np.linalg.cholesky(np.cov(rng.standard_normal((p, 3 * p)))))
+    factor = jax.tree.map(lambda _: b, group.identity(p, b.dtype))
+    loc = jnp.asarray(rng.standard_normal(p))
+    moved = loc + jnp.linalg.solve(1.05 * b.T, jnp.full(p, 0.1))  # B_moved^T (moved - loc) = 0.1
+    scaled = jax.tree.map(lambda f: 1.05 * f, factor)
+    mean, scale, weight = convergence.shift(group, {"loc": loc, "factor": factor}, {"loc": moved, "factor": scaled})
+    np.testing.assert_allclose([mean, scale, weight], [0.1, 0.05, 0.0], rtol=1e-6, atol=1e-12)
