@@ -160,14 +160,16 @@ def stein(key, target, group, loc, factor, num_samples, gamma):
     return _estimate(values, eps, weights, _weighted_sum(weights, grads), curvature, group, factor, gamma)
 
 
-def gauss_newton(key, target, group, loc, factor, num_samples, gamma):
+def gauss_newton(key, target, group, loc, factor, num_samples, gamma, probes=None):
     """Gauss-Newton (VOGN): ``H = E[hess l_prior] + E[sum_i s_i g_i g_i^T]`` with
     ``g_i`` the gradients of the per-example log-likelihoods and ``s_i`` their
     weights in ``l`` (``N / batch`` under subsampling, which makes the
     subsample's sum unbiased for the full data's); positive semi-definite on
     the likelihood part. Cost per draw: one gradient, ``min(N, p)`` passes for
     the per-example Jacobian (forward passes if ``p < N``, else reverse passes),
-    and the prior's Hessian-vector products."""
+    and the prior's Hessian-vector products: ``p`` where the group reads the
+    diagonal or the factors of ``H``, unless ``probes`` (an int) takes the
+    prior part's by Hutchinson as in :func:`hessian` (that many products)."""
     eps, z = gaussian_samples(key, group, loc, factor, num_samples)
     values, grads = _values_and_grads(target.potential, z)
     terms = lambda zi: target.log_likelihood(zi)[0]
@@ -181,8 +183,10 @@ def gauss_newton(key, target, group, loc, factor, num_samples, gamma):
     per_example = jnp.where(weights[:, None, None] > 0, per_example, 0.0)
     per_example = per_example * jnp.sqrt(scales[None, :, None] * weights[:, None, None])
     per_example = per_example.reshape(-1, dim)
+    # fold_in leaves the draws of the default (exact) estimator as they are.
+    rademacher = None if probes is None else jax.random.rademacher(jax.random.fold_in(key, 1), (probes, dim), loc.dtype)
     curvature = SumCurvature(
-        HessianCurvature(_mean_hvp(prior, z, weights), loc.shape[-1], loc.dtype, num_points=num_samples),
+        HessianCurvature(_mean_hvp(prior, z, weights), dim, loc.dtype, rademacher, num_points=num_samples),
         LowRankCurvature(per_example, per_example),
     )
     num_grads = num_samples * (1 + min(num_examples, dim))

@@ -13,7 +13,7 @@ import abc
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Group", "tree_axpy", "symmetric_part", "whitened_factors"]
+__all__ = ["Group", "tree_axpy", "symmetric_part", "whitened_sum"]
 
 
 def tree_axpy(a, x, y):
@@ -26,11 +26,14 @@ def symmetric_part(a):
     return 0.5 * (a + a.T)
 
 
-def whitened_factors(group, b, curvature):
-    """``(W, U) = (P B^-T, Q B^-T)`` so that ``B^-1 H B^-T = sym(W^T U)``."""
-    p_factor, q_factor = curvature.factors()
+def whitened_sum(group, b, curvature, fn):
+    """``sum_c fn(W_c, U_c)`` over blocks of the whitened factors ``(W, U) =
+    (P B^-T, Q B^-T)``, ``B^-1 H B^-T = sym(W^T U)``
+    (:meth:`ngvi.curvature.Curvature.factor_sum`; ``fn`` adds up over rows):
+    the entries of ``X`` a group needs, with the factors never held at once.
+    Cost: two solves per factor row, plus ``fn``."""
     solve = jax.vmap(lambda v: group.solve(b, v))
-    return solve(p_factor), solve(q_factor)
+    return curvature.factor_sum(lambda p_block, q_block: fn(solve(p_block), solve(q_block)))
 
 
 class Group(abc.ABC):

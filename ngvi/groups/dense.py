@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
-from ngvi.groups.base import Group, symmetric_part, whitened_factors
+from ngvi.groups.base import Group, symmetric_part, whitened_sum
 
 __all__ = ["Dense", "LowerTriangular", "UpperTriangular", "MatrixFactor"]
 
@@ -37,10 +37,14 @@ class _MatrixGroup(Group):
     def to_dense(self, b):
         return b.matrix
 
+    def covariance_diagonal(self, b):
+        """Column norms of ``B^-1``, from one batch of solves (one factorisation), ``O(p^3)``."""
+        eye = jnp.eye(b.matrix.shape[-1], dtype=b.matrix.dtype)
+        return jnp.sum(jax.vmap(lambda e: self.solve(b, e))(eye) ** 2, axis=1)
+
     def local_gradient(self, b, curvature, gamma):
-        w, u = whitened_factors(self, b, curvature)
-        x = symmetric_part(w.T @ u) - gamma * jnp.eye(w.shape[-1], dtype=w.dtype)
-        return MatrixFactor(x)
+        y = symmetric_part(whitened_sum(self, b, curvature, lambda w, u: w.T @ u))
+        return MatrixFactor(y - gamma * jnp.eye(y.shape[-1], dtype=y.dtype))
 
     def fisher_norm_sq(self, m):
         return 0.5 * jnp.sum((m.matrix + m.matrix.T) ** 2)

@@ -6,7 +6,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ngvi.curvature import LowRankCurvature
+from ngvi.curvature import DenseCurvature
 from ngvi.groups.base import Group
 
 __all__ = ["Kronecker", "KroneckerFactor"]
@@ -34,9 +34,13 @@ class Kronecker(Group):
     The partial traces come from the curvature factors ``H = sym(P^T Q)``
     without forming a ``p x p`` matrix: ``tr_2 X = B_1^-1 H_1 B_1^-T - gamma p2 I``
     with ``H_1 = sym(sum_n P_n B_2^-T (Q_n B_2^-T)^T)`` (``P_n`` = row ``n`` of
-    ``P`` as a ``p1 x p2`` matrix), and symmetrically for ``tr_1 X``. Each factor
-    then applies its own group's projection. Cost: the factor groups' costs with
-    ``n p2`` (resp. ``n p1``) curvature pairs, plus ``O(n p (p1 + p2))``.
+    ``P`` as a ``p1 x p2`` matrix), and symmetrically for ``tr_1 X``; ``H_1`` and
+    ``H_2`` are summed over blocks of the factors (``curvature.factor_sum``:
+    ``p`` streamed rows for an exact ``H``) and each factor group reads its own
+    as a :class:`~ngvi.curvature.DenseCurvature` and applies its projection.
+    Cost: ``O(n p (p1 + p2))`` for ``n`` factor rows, plus the factor groups'
+    steps on ``p1 x p1`` and ``p2 x p2`` curvatures; memory ``O(p1^2 + p2^2)``
+    plus one block of rows.
     """
 
     name = "kronecker"
@@ -118,19 +122,23 @@ class Kronecker(Group):
     def covariance_diagonal(self, b):
         return jnp.kron(self.left.covariance_diagonal(b.left), self.right.covariance_diagonal(b.right))
 
+    def _partial_curvatures(self, b, p_block, q_block):
+        """``(H_1, H_2)`` of a block of factor rows before their symmetric parts
+        (taken by ``DenseCurvature``): ``sum_n (P_n B_2^-T)(Q_n B_2^-T)^T`` and
+        ``sum_n (B_1^-1 P_n)^T (B_1^-1 Q_n)``, ``O(n p (p1 + p2))``."""
+        rows = lambda f: f.reshape(-1, *self.shape)
+        right_solve = jax.vmap(jax.vmap(lambda row: self.right.solve(b.right, row)))  # P_n B_2^-T
+        left_solve = jax.vmap(lambda f: jax.vmap(lambda col: self.left.solve(b.left, col))(f.T).T)  # B_1^-1 P_n
+        right_p, right_q = right_solve(rows(p_block)), right_solve(rows(q_block))
+        left_p, left_q = left_solve(rows(p_block)), left_solve(rows(q_block))
+        return jnp.einsum("nac,nbc->ab", right_p, right_q), jnp.einsum("nca,ncb->ab", left_p, left_q)
+
     def local_gradient(self, b, curvature, gamma):
         p1, p2 = self.shape
-        p_factor, q_factor = (f.reshape(-1, p1, p2) for f in curvature.factors())
-        # Left factor: columns of P_n B_2^-T; right factor: rows of B_1^-1 P_n.
-        right_solve = jax.vmap(jax.vmap(lambda row: self.right.solve(b.right, row)))
-        left_solve = jax.vmap(lambda f: jax.vmap(lambda col: self.left.solve(b.left, col))(f.T).T)
-        columns = lambda f: jnp.swapaxes(right_solve(f), 1, 2).reshape(-1, p1)
-        rows = lambda f: left_solve(f).reshape(-1, p2)
-        left_curvature = LowRankCurvature(columns(p_factor), columns(q_factor))
-        right_curvature = LowRankCurvature(rows(p_factor), rows(q_factor))
+        h_left, h_right = curvature.factor_sum(lambda p_block, q_block: self._partial_curvatures(b, p_block, q_block))
         return KroneckerFactor(
-            self.left.local_gradient(b.left, left_curvature, gamma * p2),
-            self.right.local_gradient(b.right, right_curvature, gamma * p1),
+            self.left.local_gradient(b.left, DenseCurvature(h_left), gamma * p2),
+            self.right.local_gradient(b.right, DenseCurvature(h_right), gamma * p1),
         )
 
     def natural_direction(self, x):

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ngvi.groups.base import Group, whitened_factors
+from ngvi.groups.base import Group, whitened_sum
 
 __all__ = ["SparseCholesky", "SparseFactor"]
 
@@ -17,14 +17,24 @@ class SparseFactor(NamedTuple):
     values: jax.Array
 
 
-def _padded_lists(keys, items, p):
-    """For each ``i < p`` the ``items`` whose key is ``i``, padded with -1."""
-    groups = [items[keys == i] for i in range(p)]
-    width = max(1, max(len(g) for g in groups))
-    out = -np.ones((p, width), dtype=np.int32)
-    for i, g in enumerate(groups):
-        out[i, : len(g)] = g
-    return out
+def _substitution_steps(keys, items, order, width):
+    """The steps of a triangular substitution along ``order``: the ``items``
+    whose key is ``i``, ``width`` per step (padded with -1), at least one step
+    per ``i``. Returns ``(entries, targets, last)``: ``(S, width)`` items, the
+    ``i`` of each step, and whether it is the last of its ``i``;
+    ``S <= p + len(items) / width``, so a few long rows (an arrow pattern)
+    cost no ``p x (widest row)`` table."""
+    sorted_items = items[np.argsort(keys, kind="stable")]
+    bounds = np.searchsorted(np.sort(keys), np.arange(len(order) + 1))
+    entries, targets, last = [], [], []
+    for i in order:
+        own = sorted_items[bounds[i] : bounds[i + 1]]
+        chunks = [own[s : s + width] for s in range(0, len(own), width)] or [own]
+        for n, chunk in enumerate(chunks):
+            entries.append(np.pad(chunk, (0, width - len(chunk)), constant_values=-1))
+            targets.append(i)
+            last.append(n == len(chunks) - 1)
+    return np.asarray(entries, np.int32).reshape(-1, width), np.asarray(targets, np.int32), np.asarray(last)
 
 
 def _validate_pattern(pattern):
@@ -53,9 +63,10 @@ class SparseCholesky(Group):
     diagonal and is closed under products (so ``h(M)`` stays on the pattern).
 
     ``C ⊙ kappa(X)`` is ``X`` on the off-diagonal pattern and ``diag(X) / 2``.
-    Mat-vecs cost ``O(nnz)``, triangular solves ``O(p w)`` (``w`` the widest row),
-    products ``O(nnz w)``; ``X`` on the pattern costs ``O(n nnz)`` from the
-    curvature factors.
+    Mat-vecs and triangular solves cost ``O(nnz)`` (solves in ``p + nnz / w``
+    sequential steps, ``w`` the mean row width), products ``O(nnz w_max)``
+    (``w_max`` the widest row); ``X`` on the pattern costs ``O(n nnz)`` from
+    ``n`` rows of the curvature factors.
     """
 
     name = "sparse_cholesky"
@@ -70,9 +81,12 @@ class SparseCholesky(Group):
         self.diag_index = np.diagonal(index).astype(np.int32)
         self.is_diag = self.rows == self.cols
         offdiag = np.nonzero(~self.is_diag)[0]
-        # Entries of row i left of the diagonal and of column i below it.
-        self.row_entries = _padded_lists(self.rows[offdiag], offdiag, self.p)
-        self.col_entries = _padded_lists(self.cols[offdiag], offdiag, self.p)
+        # Entries of row i left of the diagonal and of column i below it, the
+        # mean number per row at a time.
+        width = max(1, -(-offdiag.size // self.p))
+        order = np.arange(self.p)
+        self.row_steps = _substitution_steps(self.rows[offdiag], offdiag, order, width)
+        self.col_steps = _substitution_steps(self.cols[offdiag], offdiag, order[::-1], width)
         # (B C)_e = sum over triples (e, a, c) of B_a C_c, with a = (i, k), c = (k, j).
         triples = [
             (e, index[i, k], index[k, j])
@@ -106,24 +120,28 @@ class SparseCholesky(Group):
     def rmatvec(self, b, v):
         return jax.ops.segment_sum(b.values * v[self.rows], self.cols, self.p)
 
-    def _substitute(self, b, v, entries, others, order):
-        """Solve a triangular system one coordinate at a time along ``order``:
-        ``x_i = (v_i - sum_e B_e x_{others[e]}) / B_ii`` over ``e`` in ``entries[i]``."""
+    def _substitute(self, b, v, steps, others):
+        """Solve a triangular system one coordinate at a time: the steps of ``i``
+        (:func:`_substitution_steps`) add up ``sum_e B_e x_{others[e]}`` over its
+        entries ``e``, and its last one sets ``x_i = (v_i - sum) / B_ii``.
+        ``O(p + nnz)`` work in ``p + nnz / width`` sequential steps."""
         v, values = jnp.asarray(v), jnp.append(b.values, 0.0)  # index -1 reads a zero
-        entries, others, diag_index = (jnp.asarray(a) for a in (entries, others, self.diag_index))
+        others, diagonal = jnp.asarray(others), b.values[self.diag_index]
 
-        def step(x, i):
-            e = entries[i]
-            x_i = (v[i] - jnp.sum(values[e] * x[others[jnp.maximum(e, 0)]])) / b.values[diag_index[i]]
-            return x.at[i].set(x_i), None
+        def step(carry, s):
+            x, total = carry
+            e, i, last = s
+            total = total + jnp.sum(values[e] * x[others[jnp.maximum(e, 0)]])
+            x = x.at[i].set(jnp.where(last, (v[i] - total) / diagonal[i], x[i]))
+            return (x, jnp.where(last, 0.0, total)), None
 
-        return jax.lax.scan(step, jnp.zeros_like(v), order)[0]
+        return jax.lax.scan(step, (jnp.zeros_like(v), jnp.zeros((), v.dtype)), steps)[0][0]
 
     def solve(self, b, v):
-        return self._substitute(b, v, self.row_entries, self.cols, jnp.arange(self.p))
+        return self._substitute(b, v, self.row_steps, self.cols)
 
     def rsolve(self, b, v):
-        return self._substitute(b, v, self.col_entries, self.rows, jnp.arange(self.p)[::-1])
+        return self._substitute(b, v, self.col_steps, self.rows)
 
     def logdet(self, b):
         return jnp.sum(jnp.log(jnp.abs(b.values[self.diag_index])))
@@ -136,9 +154,11 @@ class SparseCholesky(Group):
         return jnp.zeros((self.p, self.p), b.values.dtype).at[self.rows, self.cols].set(b.values)
 
     def local_gradient(self, b, curvature, gamma):
-        w, u = whitened_factors(self, b, curvature)
+        """``X_rc = sym(W^T U)_rc - gamma [r = c]`` on the pattern, summed over
+        blocks of the whitened factors: ``O(n nnz)`` for ``n`` rows."""
         r, c = self.rows, self.cols
-        y = 0.5 * jnp.sum(w[:, r] * u[:, c] + u[:, r] * w[:, c], axis=0)
+        entries = lambda w, u: 0.5 * jnp.sum(w[:, r] * u[:, c] + u[:, r] * w[:, c], axis=0)
+        y = whitened_sum(self, b, curvature, entries)
         return SparseFactor(y - gamma * jnp.asarray(self.is_diag, y.dtype))
 
     def natural_direction(self, x):

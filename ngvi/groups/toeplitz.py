@@ -5,7 +5,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ngvi.groups.base import Group, whitened_factors
+from ngvi.groups.base import Group, whitened_sum
 
 __all__ = ["TriangularToeplitz", "ToeplitzFactor"]
 
@@ -43,6 +43,13 @@ def _series_inverse(c):
     for _ in range(max(1, p - 1).bit_length() + 1):
         g = 2.0 * g - _causal_conv(g, _causal_conv(c, g))
     return g
+
+
+def _subdiagonal_sums(w, u):
+    """``s_j = sum_i Y_{i+j, i}`` of ``Y = sym(W^T U)`` for ``j < p``: with
+    ``Y_{i+j, i} = (w_{i+j} u_i + u_{i+j} w_i) / 2`` per row pair, two
+    cross-correlations, ``O(n p log p)`` for ``n`` rows."""
+    return 0.5 * jnp.sum(jax.vmap(_correlate)(w, u) + jax.vmap(_correlate)(u, w), axis=0)
 
 
 class TriangularToeplitz(Group):
@@ -83,12 +90,16 @@ class TriangularToeplitz(Group):
         lag = jnp.arange(p)[:, None] - jnp.arange(p)[None, :]
         return jnp.where(lag >= 0, b.coef[jnp.clip(lag, 0)], 0.0)
 
+    def covariance_diagonal(self, b):
+        """Column norms of ``B^-1``, the lower-triangular Toeplitz matrix of
+        ``g = 1 / c``: ``sum_{i < p - j} g_i^2`` for column ``j``, ``O(p log p)``."""
+        return jnp.flip(jnp.cumsum(_series_inverse(b.coef) ** 2))
+
     def local_gradient(self, b, curvature, gamma):
-        """``kappa(X)``: the mean of each sub-diagonal of ``X``."""
-        w, u = whitened_factors(self, b, curvature)
-        p = w.shape[-1]
-        sums = 0.5 * jnp.sum(jax.vmap(_correlate)(w, u) + jax.vmap(_correlate)(u, w), axis=0)
-        means = sums / jnp.arange(p, 0, -1, dtype=w.dtype)
+        """``kappa(X)``: the mean of each sub-diagonal of ``X``, the sums
+        accumulated over blocks of the whitened factors (:func:`_subdiagonal_sums`)."""
+        p = b.coef.shape[0]
+        means = whitened_sum(self, b, curvature, _subdiagonal_sums) / jnp.arange(p, 0, -1, dtype=b.coef.dtype)
         return ToeplitzFactor(means.at[0].add(-gamma))
 
     def natural_direction(self, x):
