@@ -46,11 +46,14 @@ def assert_same_tree(a, b, **tol):
 
 
 def test_run_returns_params_state_losses(es):
-    """``run`` returns ``(params, state, losses, info)``: the guide's params, ``STEPS``
-    finite losses that fall from the initial point to the optimum, no rejected
-    steps, and the algorithm's per-step diagnostics (``info.loss`` is ``losses``)."""
+    """``run`` returns ``(params, state, losses, info, converged, stop_reason)``:
+    the guide's params, ``STEPS`` finite losses that fall from the initial point
+    to the optimum, no rejected steps, the algorithm's per-step diagnostics
+    (``info.loss`` is ``losses``), and with ``num_steps`` given no verdict on
+    convergence."""
     ngvi, _, result = es
-    params, state, losses, info = result
+    params, state, losses, info, converged, stop_reason = result
+    assert (converged, stop_reason) == (None, "num_steps")
     assert set(params) == {"auto_loc", "auto_factor_matrix"}
     assert params["auto_loc"].shape == (10,) and params["auto_factor_matrix"].shape == (10, 10)
     assert losses.shape == (STEPS,) and np.all(np.isfinite(losses))
