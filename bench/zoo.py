@@ -163,10 +163,12 @@ def unflatten(z, sites):
 
 
 def nuts_method(model, kw, ref):
-    """One NUTS chain with the reference's settings; the state carries the draws and the leapfrog count."""
+    """One NUTS chain with the reference's settings (NumPyro's defaults, 1000
+    warm-up draws, where the reference is exact draws, as for the funnel); the
+    state carries the draws and the leapfrog count."""
     settings, sites = ref["settings"], ref["unconstrained"]["sites"]
-    num_warmup, num_samples = settings["num_warmup"], settings["num_samples"]
-    kernel = NUTS(model, target_accept_prob=settings["target_accept_prob"])
+    num_warmup, num_samples = settings.get("num_warmup", 1000), settings["num_samples"]
+    kernel = NUTS(model, target_accept_prob=settings.get("target_accept_prob", 0.8))
     hmc_state = kernel.init(jax.random.PRNGKey(settings["seed"] + 1), num_warmup, None, (), kw)
     draws = jnp.zeros((num_samples, ref["unconstrained"]["dim"]), hmc_state.potential_energy.dtype)
 
@@ -286,8 +288,10 @@ def write_markdown(path, command, facts, results, budget_grads, budget_s):
     ]
     for name, (rows, ref) in results.items():
         s = ref["settings"]
-        parts += ["", f"## {name} (p = {ref['unconstrained']['dim']}; reference: NUTS {s['num_chains']} chains x "
-                  f"({s['num_warmup']} + {s['num_samples']}), {ref['wall_time_s']:.1f} s with compilation)", ""]
+        reference = (f"NUTS {s['num_chains']} chains x ({s['num_warmup']} + {s['num_samples']})" if s["sampler"] == "NUTS"
+                     else f"{s['num_chains']} x {s['num_samples']} exact draws")
+        parts += ["", f"## {name} (p = {ref['unconstrained']['dim']}; reference: {reference}, "
+                  f"{ref['wall_time_s']:.1f} s with compilation)", ""]
         parts.append(markdown_table(header, [[
             r["method"], fmt(r["grads_to_target"], ","), fmt(r["wall_to_target"], ".3f"), f"{r['steps']:,}",
             f"{r['grads']:,}", f"{r['wall']:.2f}", f"{r['mean_err']:.3f}", f"{r['sd_err']:.3f}",
