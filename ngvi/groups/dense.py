@@ -37,11 +37,6 @@ class _MatrixGroup(Group):
     def to_dense(self, b):
         return b.matrix
 
-    def covariance_diagonal(self, b):
-        """Column norms of ``B^-1``, from one batch of solves (one factorisation), ``O(p^3)``."""
-        eye = jnp.eye(b.matrix.shape[-1], dtype=b.matrix.dtype)
-        return jnp.sum(jax.vmap(lambda e: self.solve(b, e))(eye) ** 2, axis=1)
-
     def local_gradient(self, b, curvature, gamma):
         y = symmetric_part(whitened_sum(self, b, curvature, lambda w, u: w.T @ u))
         return MatrixFactor(y - gamma * jnp.eye(y.shape[-1], dtype=y.dtype))
