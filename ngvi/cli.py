@@ -4,6 +4,7 @@ ArviZ summary, optionally compare with NUTS and write InferenceData and plots.""
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 import time
 from pathlib import Path
@@ -97,7 +98,27 @@ def _parser():
     fit.add_argument("--compare-nuts", action="store_true", help="also run NUTS and print both side by side")
     fit.add_argument("--out", type=Path, help="directory for InferenceData (netCDF) and plots")
     fit.add_argument("--x64", action="store_true", help="use float64")
+    fit.add_argument("--no-cache", action="store_true",
+                     help="do not use JAX's persistent compilation cache (default: $NGVI_CACHE_DIR, else ~/.cache/ngvi/jax)")
     return parser
+
+
+def cache_dir():
+    """Where compiled programs are kept between runs: ``$NGVI_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/ngvi/jax`` (``~/.cache/ngvi/jax``)."""
+    if os.environ.get("NGVI_CACHE_DIR"):
+        return Path(os.environ["NGVI_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ngvi" / "jax"
+
+
+def _use_compilation_cache():
+    """JAX's persistent compilation cache in :func:`cache_dir`, so that a second
+    run of the same model and settings loads its programs instead of compiling
+    them. Set before anything is compiled."""
+    path = cache_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def _run_nuts(module, key, data):
@@ -145,6 +166,8 @@ def _write_outputs(out, idata, losses, idata_nuts):
 def fit(options):
     import arviz as az
 
+    if not options.no_cache:
+        _use_compilation_cache()
     if options.x64:
         jax.config.update("jax_enable_x64", True)
     module = load_model(options.model)

@@ -4,6 +4,7 @@ table, and ``python -m ngvi`` on a model file."""
 
 import contextlib
 import io
+import os
 import subprocess
 import sys
 import textwrap
@@ -43,7 +44,7 @@ def eight_schools_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = main(["fit", "eight_schools", "--steps", "100", "--draws", "200", "--compare-nuts", "--out", str(out)])
+        code = main(["fit", "eight_schools", "--steps", "100", "--draws", "200", "--compare-nuts", "--out", str(out), "--no-cache"])
     return code, stdout.getvalue(), stderr.getvalue(), out
 
 
@@ -94,7 +95,7 @@ def test_fit_writes_outputs(eight_schools_run):
 )
 def test_bad_input_exits_2(argv, words, capsys):
     """A bad model name or group spec exits with code 2 and a message on stderr."""
-    assert main(argv + ["--steps", "2", "--draws", "10"]) == 2
+    assert main(argv + ["--steps", "2", "--draws", "10", "--no-cache"]) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("ngvi: error:")
     for word in words:
@@ -154,11 +155,13 @@ def test_module_entry_point_with_model_file(tmp_path):
     """``python -m ngvi fit PATH.py`` fits a file defining ``model`` and ``data()`` in a
     fresh interpreter (from a Laplace warm start); without ``--compare-nuts``, ``--out``
     writes only ngvi.nc and loss.png."""
-    path, out = tmp_path / "my_model.py", tmp_path / "out"
+    path, out, cache = tmp_path / "my_model.py", tmp_path / "out", tmp_path / "cache"
     path.write_text(MODEL_FILE)
     argv = ["fit", str(path), "--group", "diagonal", "--steps", "30", "--draws", "100", "--laplace", "--out", str(out)]
-    done = subprocess.run([sys.executable, "-m", "ngvi", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "NGVI_CACHE_DIR": str(cache)}
+    done = subprocess.run([sys.executable, "-m", "ngvi", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
+    assert any(cache.iterdir()), "the compiled programs were not written to NGVI_CACHE_DIR"
     assert "Diagonal()" in done.stdout and "from a Laplace start" in done.stdout
     assert {"loc", "scale"} <= {line.split()[0] for line in done.stdout.splitlines() if line.strip()}
     assert {p.name for p in out.iterdir()} == {"ngvi.nc", "loss.png"}
