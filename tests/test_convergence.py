@@ -108,3 +108,22 @@ def test_shift_measures_mean_and_scale_in_the_gaussians_units():
     scaled = jax.tree.map(lambda f: 1.05 * f, factor)
     mean, scale, weight = convergence.shift(group, {"loc": loc, "factor": factor}, {"loc": moved, "factor": scaled})
     np.testing.assert_allclose([mean, scale, weight], [0.1, 0.05, 0.0], rtol=1e-6, atol=1e-12)
+
+
+def test_mixture_stops_converged_at_the_modes_and_weights():
+    """A mixture guide on an in-family two-mode target (weights 0.3 / 0.7, learned):
+    the run stops by itself, converged, with every mean, scale and weight at the
+    target's (the window average covers the weights too)."""
+    from test_mixture_basics import MODES, bimodal
+
+    from ngvi import StructuredGaussianMixture
+
+    guide = StructuredGaussianMixture(bimodal, num_components=2, group=groups.Dense(), learn_weights=True, init_spread=3.0)
+    result = NGVI(bimodal, guide).run(jax.random.PRNGKey(1), None, progress_bar=False)
+    assert result.converged, result.stop_reason
+    locs, factors, log_weights = guide.unpack_params(result.params)
+    order = np.argsort(np.asarray(locs[:, 0]))
+    np.testing.assert_allclose(np.asarray(locs)[order], MODES, atol=0.03 * np.sqrt(0.5))
+    np.testing.assert_allclose(np.asarray(jax.nn.softmax(log_weights))[order], [0.3, 0.7], atol=0.01)
+    covs = [dense_covariance(guide.group, jax.tree.map(lambda f, c=c: f[c], factors)) for c in range(2)]
+    np.testing.assert_allclose(np.asarray(covs), 0.5 * np.eye(2)[None].repeat(2, 0), atol=0.03 * 0.5)
