@@ -260,11 +260,10 @@ class NGVI:
         with tqdm(total=self.max_steps, disable=not progress_bar) as bar:
             while done < self.max_steps and not (check and check.converged):
                 beta = window.step_scale * _step_size(self.step_size, state)
-                batch, num_chunks = None, convergence.batch_length(beta, CHUNK)
+                num_chunks = min(convergence.batch_length(beta, CHUNK), -(-(self.max_steps - done) // CHUNK))
+                batch = None
                 for i in range(num_chunks):
                     num = min(CHUNK, self.max_steps - done)
-                    if num == 0:
-                        break
                     state, mean, info = chunk(state, num, window.step_scale)
                     infos.append(jax.tree.map(lambda x, num=num: x[:num], info))
                     batch = mean if batch is None else jax.tree.map(lambda b, m, i=i: b + (m - b) / (i + 1), batch, mean)
