@@ -44,7 +44,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-__all__ = ["PARAMETER_FIELDS", "parameters", "with_parameters", "shift", "Window", "new_window", "add_batch", "batch_length", "error_quantile"]
+__all__ = ["PARAMETER_FIELDS", "parameters", "with_parameters", "shift", "Window", "new_window", "add_batch", "batch_length", "error_quantile", "average"]
 
 PARAMETER_FIELDS = ("loc", "factor", "log_weights")
 """The fields of an algorithm state that describe ``q`` (and are averaged)."""
@@ -124,7 +124,8 @@ def new_window():
     return Window(MIN_HALF, None, None, 0, None, ())
 
 
-def _average(a, b, weight_b):
+def average(a, b, weight_b):
+    """``(1 - w) a + w b`` leaf by leaf (a running mean with ``w = 1 / n``)."""
     return jax.tree.map(lambda x, y: (1.0 - weight_b) * x + weight_b * y, a, b)
 
 
@@ -156,7 +157,7 @@ def add_batch(window, batch, shift_fn, tol, p):
     if window.last_batch is not None:
         noise = (noise + (tuple(float(s) ** 2 for s in shift_fn(window.last_batch, batch)),))[-4 * window.half:]
     filled = window.filled + 1
-    current = batch if window.filled == 0 else _average(window.current, batch, 1.0 / filled)
+    current = batch if window.filled == 0 else average(window.current, batch, 1.0 / filled)
     window = window._replace(current=current, filled=filled, last_batch=batch, noise=noise)
     if filled < window.half:
         return window, None
@@ -183,7 +184,7 @@ def _check(window, shift_fn, rms_tol):
     # agree to within the tolerance (the bias of the larger step is gone) and
     # the average is precise.
     converged = stationary and window.step_scale < 1.0 and max(drift) <= rms_tol and se <= rms_tol
-    check = Check(max(drift), se, stationary, converged, _average(window.first, window.current, 0.5))
+    check = Check(max(drift), se, stationary, converged, average(window.first, window.current, 0.5))
     if stationary:
         if window.step_scale > MIN_STEP_SCALE:
             return window._replace(step_scale=window.step_scale / 2, first=window.current, current=None, filled=0), check

@@ -266,7 +266,7 @@ class NGVI:
                     num = min(CHUNK, self.max_steps - done)
                     state, mean, info = chunk(state, num, window.step_scale)
                     infos.append(jax.tree.map(lambda x, num=num: x[:num], info))
-                    batch = mean if batch is None else jax.tree.map(lambda b, m, i=i: b + (m - b) / (i + 1), batch, mean)
+                    batch = mean if batch is None else convergence.average(batch, mean, 1.0 / (i + 1))
                     bar.update(num)
                     done += num
                 window, new_check = convergence.add_batch(window, batch, shift_fn, self.tol, dim)
