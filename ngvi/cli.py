@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from ngvi import groups
+from ngvi.estimators import ESTIMATORS
 from ngvi.guides import StructuredGaussian
 from ngvi.infer import NGVI
 from ngvi.inference_data import to_inference_data
@@ -89,7 +90,7 @@ def _parser():
                      help="run exactly this many steps (default: until converged, at most --max-steps)")
     fit.add_argument("--tol", type=float, default=0.03, help="the error the converged answer must reach, in posterior sds")
     fit.add_argument("--max-steps", type=_positive_int, default=10_000)
-    fit.add_argument("--estimator", default="hessian", choices=["hessian", "stein", "gauss_newton", "zeroth_order"])
+    fit.add_argument("--estimator", default="auto", choices=sorted(ESTIMATORS))
     fit.add_argument("--step-size", type=float, default=0.5)
     fit.add_argument("--num-samples", type=_positive_int, default=8, help="Monte-Carlo samples per step")
     fit.add_argument("--draws", type=_positive_int, default=2000, help="posterior draws for the summary")

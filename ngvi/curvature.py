@@ -161,11 +161,15 @@ class HessianCurvature(Curvature):
     ``p`` products, taken ``block_size`` basis vectors at a time (by default
     ``2^16 / (num_points p)``, at least one) so that ``diagonal()`` and
     ``factor_sum`` need memory ``O(block_size p)`` per point, never ``p x p``. With
-    ``probes`` an ``(n, p)`` array of Rademacher vectors they are the unbiased
-    Hutchinson estimates ``diag(H) ~ mean_i r_i ⊙ H r_i`` and
-    ``H ~ sym(mean_i r_i (H r_i)^T)`` (``n`` products). ``num_points`` is the
-    number of points ``hvp`` averages over (each product costs ``2 num_points``
-    gradient evaluations).
+    ``probes`` a pair ``(U, V)`` of ``(n, p)`` arrays whose rows have
+    ``E[u v^T] = I`` they are the unbiased Hutchinson estimates
+    ``diag(H) ~ mean_i u_i ⊙ H v_i`` and ``H ~ sym(mean_i u_i (H v_i)^T)``
+    (``n`` products): ``U = V = R`` Rademacher, or whitened,
+    ``(U, V) = (R B^T, R B^-1)``, whose estimate of ``B^-1 H B^-T`` is
+    ``sym(mean_i r_i (B^-1 H B^-T r_i)^T)``, exact on the diagonal wherever
+    ``B^-1 H B^-T = I`` (:func:`ngvi.estimators.whitened_probes`). ``num_points``
+    is the number of points ``hvp`` averages over (each product costs
+    ``2 num_points`` gradient evaluations).
     """
 
     def __init__(self, hvp, dim, dtype, probes=None, num_points=1, block_size=None):
@@ -195,8 +199,9 @@ class HessianCurvature(Curvature):
         return self._products(vectors)
 
     def _probe_factors(self):
-        scaled = self.probes / jnp.sqrt(self.probes.shape[0])
-        return scaled, self._products(scaled)
+        left, right = self.probes
+        scale = 1.0 / jnp.sqrt(left.shape[0])
+        return scale * left, self._products(scale * right)
 
     def factor_sum(self, fn):
         if self.probes is None:
@@ -207,7 +212,8 @@ class HessianCurvature(Curvature):
     def diagonal(self):
         if self.probes is None:
             return super().diagonal()
-        return jnp.mean(self.probes * self._products(self.probes), axis=0)
+        left, right = self.probes
+        return jnp.mean(left * self._products(right), axis=0)
 
     def factors(self):
         if self.probes is None:

@@ -26,8 +26,8 @@ from ngvi.curvature import Curvature, DenseCurvature, HessianCurvature, LowRankC
 from ngvi.gaussian import antithetic_normals, from_standard, log_prob_standard
 
 __all__ = [
-    "Estimate", "ESTIMATORS", "resolve", "draw_weights", "sample_loss", "hessian", "stein", "gauss_newton", "zeroth_order", "gaussian_samples",
-    "hessian_curvature",
+    "Estimate", "ESTIMATORS", "resolve", "auto", "draw_weights", "sample_loss", "hessian", "stein", "gauss_newton", "zeroth_order", "gaussian_samples",
+    "hessian_curvature", "whitened_probes",
 ]
 
 
@@ -113,25 +113,39 @@ def hessian(key, target, group, loc, factor, num_samples, gamma, probes=None, cu
     even): ``g_mu`` from many cheap gradients, ``H`` from a few draws, each of
     which costs ``p`` products for a full-matrix group. ``probes`` (an int)
     switches ``diag(H)`` and the curvature factors to Hutchinson estimates with
-    that many Rademacher vectors; by default they are exact (``p`` products,
+    that many whitened Rademacher vectors (:func:`whitened_probes`); by default
+    they are exact (``p`` products,
     only for groups that need them; a full-matrix group gets ``H`` formed once,
     :class:`ngvi.curvature.DenseCurvature`)."""
     sample_key, probe_key = jax.random.split(key)
     eps, z = gaussian_samples(sample_key, group, loc, factor, num_samples)
     values, grads = _values_and_grads(target.potential, z)
     weights = draw_weights(values, grads)
-    rademacher = None if probes is None else jax.random.rademacher(probe_key, (probes, loc.shape[-1]), loc.dtype)
+    probe_pairs = None if probes is None else whitened_probes(probe_key, group, factor, probes)
     m = _check_curvature_samples(curvature_samples, num_samples)
     curvature_weights = weights[:m] / jnp.maximum(jnp.sum(weights[:m]), jnp.finfo(loc.dtype).tiny)
-    curvature = hessian_curvature(target.potential, z[:m], group, rademacher, curvature_weights)
+    curvature = hessian_curvature(target.potential, z[:m], group, probe_pairs, curvature_weights)
     return _estimate(values, eps, weights, _weighted_sum(weights, grads), curvature, group, factor, gamma)
+
+
+def whitened_probes(key, group, factor, num_probes):
+    """Probe pairs ``(R B^T, R B^-1)`` for Hutchinson estimates of ``H``
+    (:class:`ngvi.curvature.HessianCurvature`), ``R`` ``num_probes`` Rademacher
+    rows: they estimate the whitened ``B^-1 H B^-T`` by
+    ``sym(mean_i r_i (B^-1 H B^-T r_i)^T)``, so that the error of a diagonal
+    entry is ``sum_{j != i} (B^-1 H B^-T)_ij^2`` per probe, which vanishes as
+    ``q`` fits ``H`` (unwhitened probes keep the raw ``sum_j H_ij^2``, the
+    couplings a structured ``B`` has already captured). Cost: one product with
+    ``B`` and one solve per probe."""
+    r = jax.random.rademacher(key, (num_probes, group.dim(factor)), jax.tree.leaves(factor)[0].dtype)
+    return jax.vmap(lambda v: group.matvec(factor, v))(r), jax.vmap(lambda v: group.rsolve(factor, v))(r)
 
 
 def hessian_curvature(fn, z, group, probes=None, weights=None):
     """``H = sum_n w_n hess fn(z_n)`` (``w_n = 1 / n`` by default) as the operator
     ``group`` reads: a matrix (``p`` products per point) for a full-matrix group
-    without ``probes``, otherwise products on demand (Hutchinson ``probes``,
-    ``(n, p)``, if given)."""
+    without ``probes``, otherwise products on demand (Hutchinson ``probes``, a
+    pair of ``(n, p)`` arrays, if given)."""
     hvp, (num, dim) = _mean_hvp(fn, z, weights), z.shape
     if probes is None and group.dense_curvature:
         return DenseCurvature(jax.vmap(hvp)(jnp.eye(dim, dtype=z.dtype)), num_grads=2 * num * dim)
@@ -169,7 +183,7 @@ def gauss_newton(key, target, group, loc, factor, num_samples, gamma, probes=Non
     the per-example Jacobian (forward passes if ``p < N``, else reverse passes),
     and the prior's Hessian-vector products: ``p`` where the group reads the
     diagonal or the factors of ``H``, unless ``probes`` (an int) takes the
-    prior part's by Hutchinson as in :func:`hessian` (that many products)."""
+    prior part's by whitened Hutchinson as in :func:`hessian` (that many products)."""
     eps, z = gaussian_samples(key, group, loc, factor, num_samples)
     values, grads = _values_and_grads(target.potential, z)
     terms = lambda zi: target.log_likelihood(zi)[0]
@@ -184,9 +198,9 @@ def gauss_newton(key, target, group, loc, factor, num_samples, gamma, probes=Non
     per_example = per_example * jnp.sqrt(scales[None, :, None] * weights[:, None, None])
     per_example = per_example.reshape(-1, dim)
     # fold_in leaves the draws of the default (exact) estimator as they are.
-    rademacher = None if probes is None else jax.random.rademacher(jax.random.fold_in(key, 1), (probes, dim), loc.dtype)
+    probe_pairs = None if probes is None else whitened_probes(jax.random.fold_in(key, 1), group, factor, probes)
     curvature = SumCurvature(
-        HessianCurvature(_mean_hvp(prior, z, weights), dim, loc.dtype, rademacher, num_points=num_samples),
+        HessianCurvature(_mean_hvp(prior, z, weights), dim, loc.dtype, probe_pairs, num_points=num_samples),
         LowRankCurvature(per_example, per_example),
     )
     num_grads = num_samples * (1 + min(num_examples, dim))
@@ -207,7 +221,26 @@ def zeroth_order(key, target, group, loc, factor, num_samples, gamma):
     return _estimate(values, eps, weights, jnp.sum(weighted, axis=0), curvature, group, factor, gamma)
 
 
-ESTIMATORS = {"hessian": hessian, "stein": stein, "gauss_newton": gauss_newton, "zeroth_order": zeroth_order}
+# The "auto" estimator's Hutchinson probes, and the dimension up to which it
+# takes the diagonal exactly (at most that many products per draw, no noise).
+AUTO_PROBES, AUTO_EXACT_DIM = 4, 128
+
+
+def auto(key, target, group, loc, factor, num_samples, gamma):
+    """The default: :func:`hessian`, exact for a full-matrix group (whose step
+    reads every entry of ``H`` and costs ``O(p^3)`` anyway) and for
+    ``p <= 128``; above, the group's ``k`` dense rows exact and ``diag(H)`` and
+    the factor sums from ``AUTO_PROBES = 4`` whitened probes
+    (:func:`whitened_probes`), so that a structured step costs ``k + 4``
+    Hessian-vector products per draw, never ``p``. (Probes' noise is the
+    whitened couplings the group does not hold; a diagonal group on a strongly
+    coupled posterior settles a few percent off with it, which the exact
+    diagonal avoids where ``p`` products are cheap.)"""
+    exact = group.dense_curvature or loc.shape[-1] <= AUTO_EXACT_DIM
+    return hessian(key, target, group, loc, factor, num_samples, gamma, probes=None if exact else AUTO_PROBES)
+
+
+ESTIMATORS = {"auto": auto, "hessian": hessian, "stein": stein, "gauss_newton": gauss_newton, "zeroth_order": zeroth_order}
 
 
 def resolve(estimator, **options):

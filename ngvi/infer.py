@@ -73,7 +73,10 @@ class NGVI:
     :param step_size: ``beta``, a float or a schedule ``step -> float`` (e.g. an optax schedule).
     :param num_samples: Monte-Carlo samples per step (drawn in antithetic pairs;
         per component for a mixture).
-    :param estimator: ``"hessian"`` (Hessian-vector products), ``"stein"``
+    :param estimator: ``"auto"`` (the default, :func:`ngvi.estimators.auto`:
+        ``"hessian"``, exact for a full-matrix group or ``p <= 128``, else with the
+        diagonal from 4 whitened probes, so that a structured step costs ``k + 4``
+        products per draw), ``"hessian"`` (Hessian-vector products), ``"stein"``
         (gradients only), ``"gauss_newton"`` (per-example gradients of the observed
         sites plus the prior's exact curvature) or ``"zeroth_order"`` (log-density
         values only); extra keyword arguments go to the estimator: with
@@ -106,7 +109,7 @@ class NGVI:
         guide,
         step_size=0.5,
         num_samples=8,
-        estimator="hessian",
+        estimator="auto",
         gamma=1.0,
         trust_radius=1.0,
         loc_trust_radius=10.0,

@@ -118,7 +118,7 @@ def test_mixture_stops_converged_at_the_modes_and_weights():
 
     from ngvi import StructuredGaussianMixture
 
-    guide = StructuredGaussianMixture(bimodal, num_components=2, group=groups.Dense(), learn_weights=True, init_spread=3.0)
+    guide = StructuredGaussianMixture(bimodal, num_components=2, group=groups.Dense(), learn_weights=True, init_locs="spread", init_spread=3.0)
     result = NGVI(bimodal, guide).run(jax.random.PRNGKey(1), None, progress_bar=False)
     assert result.converged, result.stop_reason
     locs, factors, log_weights = guide.unpack_params(result.params)

@@ -295,7 +295,7 @@ def test_hutchinson_diagonal_is_exact_mean_and_unbiased():
 
     @JIT
     def estimates(h, r, probe_sets):
-        exact, probed = exact_curvature(h), lambda r: HessianCurvature(lambda v: h @ v, p, h.dtype, probes=r)
+        exact, probed = exact_curvature(h), lambda r: HessianCurvature(lambda v: h @ v, p, h.dtype, probes=(r, r))
         many = jax.vmap(lambda r: probed(r).diagonal())(probe_sets)
         return exact.diagonal(), sym(*exact.factors()), probed(r).diagonal(), sym(*probed(r).factors()), many
 
@@ -324,10 +324,17 @@ def stein_directions(group, p, b, eps, h, mu, m):
     return jax.lax.map(lambda s: jax.lax.map(lambda e: stein(e, s), eps), jnp.array([1.0, 2.0]))
 
 
-@functools.partial(JIT, static_argnums=(0, 1))
-def probed_directions(group, p, b, probes, h):
-    """Natural directions at ``b`` from ``HessianCurvature`` with each probe set."""
-    curvature = lambda r: HessianCurvature(lambda v: h @ v, p, h.dtype, probes=r)
+@functools.partial(JIT, static_argnums=(0, 1, 2))
+def probed_directions(group, p, whitened, b, probes, h):
+    """Natural directions at ``b`` from ``HessianCurvature`` with each probe set
+    ``R``: probe pairs ``(R, R)``, or whitened ``(R B^T, R B^-1)``."""
+
+    def pairs(r):
+        if not whitened:
+            return r, r
+        return jax.vmap(lambda v: group.matvec(b, v))(r), jax.vmap(lambda v: group.rsolve(b, v))(r)
+
+    curvature = lambda r: HessianCurvature(lambda v: h @ v, p, h.dtype, probes=pairs(r))
     return jax.lax.map(lambda r: dense_parts(group, p, direction(group, b, curvature(r), 1.0)), probes, batch_size=10)
 
 
@@ -363,16 +370,40 @@ DIAGONAL_READERS = [
 ]
 
 
+@pytest.mark.parametrize("whitened", [False, True], ids=["raw", "whitened"])
 @pytest.mark.parametrize("group,p", DIAGONAL_READERS)
-def test_probed_direction_is_unbiased(group, p):
-    """With Rademacher probes (1000 sets of 3) the exact products and the
-    Hutchinson diagonal combine into directions that average to the exact one
-    within 5 standard errors."""
+def test_probed_direction_is_unbiased(group, p, whitened):
+    """With Rademacher probes (1000 sets of 3), raw or whitened, the exact
+    products and the Hutchinson diagonal combine into directions that average
+    to the exact one within 5 standard errors."""
     out, inputs, b = default_run(group, p)
     exact = [d[0] for d in out["walk"]["direction"]]
     probes = rademacher(np.random.default_rng(5), (1000, 3, p))
-    probed = jax.tree.map(np.asarray, probed_directions(group, p, b, probes, inputs["hs"][0]))
+    probed = jax.tree.map(np.asarray, probed_directions(group, p, whitened, b, probes, inputs["hs"][0]))
     assert outside(probed, exact, band(probed)) < 1.0
+
+
+# Groups whose rows of B that meet diag(H) are diagonal: there r ⊙ B^-1 H B^-T r reads
+# as the raw diagonal, so whitened probes make it exact at H = B B^T.
+WHITE_DIAGONAL = [c for c in PARAMS if isinstance(c.values[0], (groups.Diagonal, groups.BlockUpperTriangular))]
+
+
+@pytest.mark.parametrize("group,p", WHITE_DIAGONAL)
+def test_whitened_probes_are_exact_at_the_fit(group, p):
+    """At ``H = B B^T`` (``q`` fits the target, the natural direction is 0),
+    whitened probes give the direction 0 for every probe set (to 1e-12), while
+    raw probes do not where ``H`` couples a coordinate whose diagonal the group
+    reads (one past the ``k`` dense rows) to others (their error is
+    ``sum_{j != i} H_ij^2``, couplings ``B`` has captured)."""
+    b = default_run(group, p)[2]
+    b_dense = np.asarray(group.to_dense(b))
+    h = b_dense @ b_dense.T
+    probes = rademacher(np.random.default_rng(6), (20, 2, p))
+    size = lambda whitened: max(np.max(np.abs(np.asarray(d))) for d in probed_directions(group, p, whitened, b, probes, h))
+    assert size(True) < 1e-12
+    k = getattr(group, "k", 0)
+    if np.any((h - np.diag(np.diag(h)))[k:] != 0):
+        assert size(False) > 1e-3
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ def test_one_component_takes_the_single_gaussian_step():
     data = logistic_regression.data()
     group = groups.BlockUpperTriangular(2)
     single = NGVI(logistic_regression.model, StructuredGaussian(logistic_regression.model, group=group))
-    mixture_guide = StructuredGaussianMixture(logistic_regression.model, num_components=1, group=group, init_spread=0.0)
+    mixture_guide = StructuredGaussianMixture(logistic_regression.model, num_components=1, group=group, init_locs="spread", init_spread=0.0)
     mixture = NGVI(logistic_regression.model, mixture_guide)
     key = jax.random.PRNGKey(0)
     s1, s2 = single.init(key, **data), mixture.init(key, **data)
@@ -43,9 +43,10 @@ def test_one_component_takes_the_single_gaussian_step():
 
 @pytest.mark.parametrize("learn_weights", [True, False])
 def test_two_modes_are_covered(learn_weights):
-    """Both modes get a component; learned weights match 0.3 / 0.7, and the
-    negative ELBO matches -log Z = 0 when the mixture is exact."""
-    guide = StructuredGaussianMixture(bimodal, num_components=2, group=groups.Dense(), learn_weights=learn_weights, init_spread=3.0)
+    """By default (components at the modes found) both modes get a component;
+    learned weights match 0.3 / 0.7, and the negative ELBO matches -log Z = 0
+    when the mixture is exact."""
+    guide = StructuredGaussianMixture(bimodal, num_components=2, group=groups.Dense(), learn_weights=learn_weights)
     result = NGVI(bimodal, guide).run(jax.random.PRNGKey(1), 300, progress_bar=False)
     locs, _, log_weights = guide.unpack_params(result.params)
     order = jnp.argsort(locs[:, 0])
@@ -55,10 +56,40 @@ def test_two_modes_are_covered(learn_weights):
         assert abs(float(jnp.mean(result.losses[-50:]))) < 0.05
 
 
+FOUR_MODES = jnp.array(
+    [[4.0, 4, 4, 4, 4, 4], [-4.0, -4, 4, 4, 4, 4], [4.0, -4, -4, 4, -4, 4], [-4.0, 4, -4, -4, 4, -4]]
+)
+FOUR_WEIGHTS = jnp.array([0.4, 0.3, 0.2, 0.1])
+
+
+def four_modes():
+    """Four unit-covariance Gaussians 8 to 11 apart in 6 dimensions, weights 0.4 / 0.3 / 0.2 / 0.1."""
+    components = dist.MultivariateNormal(FOUR_MODES, jnp.eye(6))
+    numpyro.sample("z", dist.MixtureSameFamily(dist.Categorical(probs=FOUR_WEIGHTS), components))
+
+
+def test_separated_modes_are_found_by_default():
+    """Six components, learned weights, every other setting a default,
+    ``run(key, None)``: every mode gets a component and its mass (the weights
+    of the components nearest it) is within 0.05 of the truth. With the
+    components spread from the initial point instead, some mode gets none."""
+    def masses(init_locs):
+        guide = StructuredGaussianMixture(four_modes, num_components=6, learn_weights=True, init_locs=init_locs)
+        result = NGVI(four_modes, guide).run(jax.random.PRNGKey(3), None, progress_bar=False)
+        locs, _, log_weights = guide.unpack_params(result.params)
+        nearest = jnp.argmin(jnp.sum((locs[:, None] - FOUR_MODES[None]) ** 2, -1), axis=1)
+        return result, np.asarray(jax.ops.segment_sum(jax.nn.softmax(log_weights), nearest, num_segments=4))
+
+    result, found = masses("modes")
+    assert result.converged
+    np.testing.assert_allclose(found, FOUR_WEIGHTS, atol=0.05)
+    assert np.min(masses("spread")[1]) < 0.05
+
+
 def test_stock_svi_needs_the_mixture_elbo():
     """Trace_ELBO is refused with a message naming MixtureELBO; SVI with
     MixtureELBO learns the weights."""
-    guide = StructuredGaussianMixture(bimodal, num_components=2, group=groups.Diagonal(), learn_weights=True, init_spread=3.0)
+    guide = StructuredGaussianMixture(bimodal, num_components=2, group=groups.Diagonal(), learn_weights=True, init_locs="spread", init_spread=3.0)
     with pytest.raises(ValueError, match="MixtureELBO"):
         SVI(bimodal, guide, optax.adam(0.02), Trace_ELBO()).run(jax.random.PRNGKey(2), 5, progress_bar=False)
     result = SVI(bimodal, guide, optax.adam(0.05), MixtureELBO(num_particles=8)).run(
@@ -111,7 +142,7 @@ def test_gaussian_target_is_matched():
     def gaussian():
         numpyro.sample("z", dist.MultivariateNormal(mean, cov))
 
-    guide = StructuredGaussianMixture(gaussian, num_components=3, group=groups.Dense(), init_spread=2.0)
+    guide = StructuredGaussianMixture(gaussian, num_components=3, group=groups.Dense(), init_locs="spread", init_spread=2.0)
     result = NGVI(gaussian, guide).run(jax.random.PRNGKey(4), 200, progress_bar=False)
     locs, factors, log_weights = guide.unpack_params(result.params)
     weights = jax.nn.softmax(log_weights)

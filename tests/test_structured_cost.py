@@ -5,8 +5,8 @@ matrix), and for every estimator:
 
 * no value in the traced step (sub-programs of scan, while, cond and jit
   included) has ``p^2 / 4`` entries or more, at ``p = 600``;
-* the Hessian-vector products of a step with ``probes=k`` do not grow with
-  ``p``, and exact curvature (``probes=None``) costs ``p`` more per point
+* the Hessian-vector products of a step with ``probes=k`` and with the
+  default ``estimator="auto"`` do not grow with ``p``, and exact curvature (``probes=None``) costs ``p`` more per point
   when ``p`` doubles: each of these groups reads exact diagonals or factors;
 * exact curvature, streamed a block of basis vectors at a time, gives the
   local gradient of the dense formula ``B^-1 H B^-T - gamma I`` to 1e-10.
@@ -33,6 +33,7 @@ JIT = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_lev
 KEY = jax.random.PRNGKey(0)
 P = 600
 ESTIMATORS = [
+    ("auto", {}),
     ("hessian", {}),
     ("hessian", {"probes": 4}),
     ("stein", {}),
@@ -136,9 +137,9 @@ def test_step_holds_no_p_by_p_value_and_products_grow_with_p_only_if_exact(pair,
     """One step (8 draws) at ``p = 600`` and ``p = 1200``: the largest value has
     fewer than ``p^2 / 4`` entries, for exact, probed, gradient-only,
     Gauss-Newton and zeroth-order curvature; the Hessian-vector products per
-    draw are the same at both with ``probes=4`` (and none without products),
-    and ``p`` more at ``2p`` for exact curvature (each of these groups reads
-    exact diagonals or factors)."""
+    draw are the same at both with ``probes=4`` and with the default "auto"
+    (and none without products), and ``p`` more at ``2p`` for exact curvature
+    (each of these groups reads exact diagonals or factors)."""
     products = []
     for group, p in zip(pair, (P, 2 * P)):
         jaxpr, num_products = traced_step(group, p, estimator, options)
@@ -147,7 +148,7 @@ def test_step_holds_no_p_by_p_value_and_products_grow_with_p_only_if_exact(pair,
         products.append(num_products)
     exact = estimator in ("hessian", "gauss_newton") and "probes" not in options
     assert products[1] - products[0] == (P if exact else 0), products
-    assert (products[0] > 0) == (estimator in ("hessian", "gauss_newton"))
+    assert (products[0] > 0) == (estimator in ("auto", "hessian", "gauss_newton"))
 
 
 # --- the reported products are the products made ----------------------------------------------

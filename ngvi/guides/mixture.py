@@ -77,13 +77,22 @@ class StructuredGaussianMixture(StructuredGaussian):
     Parameters: ``{prefix}_locs`` (``K x p``), ``{prefix}_factor_*`` (the group's
     storage with a leading ``K``) and, with ``learn_weights=True``,
     ``{prefix}_weight_logits`` (natural coordinates ``v_c = log(pi_c / pi_K)``,
-    ``v_K = 0``). Component means start spread out so that they do not all
-    collapse onto one mode: ``init_locs`` if given, else the initial point plus
-    ``init_spread`` times independent standard normal draws (made from the
-    guide's random key when it is first run). A component only learns of modes
-    it puts mass near: start components wide (``init_scale`` about the spread of
-    ``init_locs``), or, for narrow modes far apart, at the modes that
-    :func:`ngvi.find_modes` returns, one component each.
+    ``v_K = 0``). A component only learns of modes it puts mass near, so where
+    the components start decides which modes the mixture finds:
+
+    * ``init_locs="modes"`` (the default): at the distinct modes that
+      :func:`ngvi.vi.multistart` finds from ``num_starts`` starts (the initial
+      point and draws uniform in ``[-2, 2]`` in the unconstrained space, as
+      ``init_to_uniform`` makes them), best first, cycling through them when
+      there are fewer modes than components; with ``learn_weights=True`` and no
+      ``weights`` the weights start at the fits' (their ELBOs'). Cost:
+      ``num_starts`` diagonal fits of 100 steps, once, when the guide is first
+      run (``guide.fits.num_grads`` gradient evaluations);
+    * ``init_locs="spread"``: the initial point plus ``init_spread`` times
+      independent standard normal draws;
+    * an array ``(K, p)``: those means (e.g. :func:`ngvi.find_modes`'s).
+
+    The random draws come from the guide's random key when it is first run.
 
     With :class:`ngvi.NGVI` each component takes the natural-gradient step of
     MATH.md sec. 6; with stock ``SVI`` use :class:`MixtureELBO`.
@@ -91,6 +100,7 @@ class StructuredGaussianMixture(StructuredGaussian):
     :param num_components: ``K >= 1``.
     :param weights: fixed mixture weights (a simplex); equal by default.
     :param learn_weights: learn the weights (starting from ``weights``).
+    :param num_starts: starts of ``init_locs="modes"`` (default ``4 K``).
     """
 
     def __init__(
@@ -104,22 +114,32 @@ class StructuredGaussianMixture(StructuredGaussian):
         prefix="auto",
         init_loc_fn=init_to_uniform,
         init_scale=0.1,
-        init_locs=None,
+        init_locs="modes",
         init_spread=1.0,
+        num_starts=None,
     ):
         if int(num_components) != num_components or num_components < 1:
             raise ValueError(f"num_components must be a positive integer, got {num_components}.")
+        if isinstance(init_locs, str) and init_locs not in ("modes", "spread"):
+            raise ValueError(f'init_locs must be "modes", "spread" or an array (K, p), got {init_locs!r}.')
         self.num_components = int(num_components)
+        self.num_starts = 4 * self.num_components if num_starts is None else num_starts
+        if int(self.num_starts) != self.num_starts or self.num_starts < 1:
+            raise ValueError(f"num_starts must be a positive integer, got {num_starts}.")
         equal = jnp.full((self.num_components,), 1.0 / self.num_components)
+        self._weights_given = weights is not None
         self._init_weights = equal if weights is None else _check_weights(weights, self.num_components)
         self.learn_weights = learn_weights
         self._init_locs_given, self._init_spread = init_locs, init_spread
+        self.fits = None
         super().__init__(model, group=group, prefix=prefix, init_loc_fn=init_loc_fn, init_scale=init_scale)
 
     def _setup_prototype(self, *args, **kwargs):
         super()._setup_prototype(*args, **kwargs)
         shape = (self.num_components, self.latent_dim)
-        if self._init_locs_given is None:
+        if isinstance(self._init_locs_given, str) and self._init_locs_given == "modes":
+            self._start_at_modes(args, kwargs)
+        elif isinstance(self._init_locs_given, str):
             noise = jax.random.normal(numpyro.prng_key(), shape, self._init_latent.dtype)
             self._init_component_locs = self._init_latent + self._init_spread * noise
         else:
@@ -129,6 +149,22 @@ class StructuredGaussianMixture(StructuredGaussian):
             self._init_component_locs = locs
         batch = lambda leaf: jnp.broadcast_to(leaf, (self.num_components,) + leaf.shape)
         self._factor_init = {name: batch(leaf) for name, leaf in self._factor_init.items()}
+
+    def _start_at_modes(self, args, kwargs):
+        """Components at :func:`ngvi.vi.multistart`'s distinct fits, cycling."""
+        fit_key, start_key, target_key = jax.random.split(numpyro.prng_key(), 3)
+        dtype = self._init_latent.dtype
+        draws = jax.random.uniform(start_key, (self.num_starts - 1, self.latent_dim), dtype, -2.0, 2.0)
+        starts = jnp.concatenate([self._init_latent[None], draws])
+        with numpyro.handlers.block():
+            potential = make_target(self.model, self, target_key, args, kwargs).potential
+            self.fits = vi.multistart(potential, starts, fit_key)
+        chosen = jnp.arange(self.num_components) % len(self.fits.locs)
+        self._init_component_locs = self.fits.locs[chosen]
+        if self.learn_weights and not self._weights_given:
+            shares = jnp.bincount(chosen, length=len(self.fits.locs))[chosen]
+            weights = self.fits.weights[chosen] / shares
+            self._init_weights = weights / jnp.sum(weights)
 
     def _log_weights_init(self):
         logits = jnp.log(self._init_weights).astype(self._init_latent.dtype)

@@ -6,6 +6,7 @@ vector, no NumPyro needed (blackjax-style: ``init``, ``step``, ``sample``).
     state = algo.init(position, scale=0.1)
     state, info = jax.jit(algo.step)(rng_key, state)
     mix = vi.gaussian_mixture(potential_fn, num_components=4, group=groups.Diagonal())
+    fits = vi.multistart(potential_fn, starts, rng_key)  # one Gaussian fit per mode the starts reach
 
 Each name is the algorithm's top-level factory (``as_top_level_api`` of its
 module) and carries the module's pure pieces: ``vi.structured_gaussian.step``,
@@ -16,7 +17,7 @@ from ngvi.vi import gaussian_mixture as _gaussian_mixture
 from ngvi.vi import structured_gaussian as _structured_gaussian
 from ngvi.vi.base import VIAlgorithm
 
-__all__ = ["VIAlgorithm", "structured_gaussian", "gaussian_mixture"]
+__all__ = ["VIAlgorithm", "structured_gaussian", "gaussian_mixture", "multistart", "Fits"]
 
 
 class _Algorithm:
@@ -38,3 +39,6 @@ class _Algorithm:
 
 structured_gaussian = _Algorithm(_structured_gaussian)
 gaussian_mixture = _Algorithm(_gaussian_mixture)
+
+# After the algorithms: multistart runs structured_gaussian.
+from ngvi.vi.multistart import Fits, multistart  # noqa: E402

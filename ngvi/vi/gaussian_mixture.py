@@ -143,7 +143,7 @@ def as_top_level_api(
     potential_fn,
     num_components,
     group=None,
-    estimator="hessian",
+    estimator="auto",
     num_samples=8,
     step_size=0.5,
     gamma=1.0,

@@ -162,7 +162,7 @@ def sample(rng_key, state, group, num_draws):
 def as_top_level_api(
     potential_fn,
     group=None,
-    estimator="hessian",
+    estimator="auto",
     num_samples=8,
     step_size=0.5,
     gamma=1.0,
@@ -174,7 +174,9 @@ def as_top_level_api(
     """Structured-Gaussian VI of ``potential_fn(z) = -log p(z)`` on flat vectors.
 
     :param group: a :mod:`ngvi.groups` group (default :class:`~ngvi.groups.Dense`).
-    :param estimator: ``"hessian"``, ``"stein"``, ``"gauss_newton"`` (needs
+    :param estimator: ``"auto"`` (:func:`ngvi.estimators.auto`: exact Hessian
+        products for a full-matrix group, whitened Hutchinson for the diagonal of
+        a structured one), ``"hessian"``, ``"stein"``, ``"gauss_newton"`` (needs
         ``log_likelihood_fn``, the per-example log-likelihoods) or
         ``"zeroth_order"`` (:mod:`ngvi.estimators`); ``estimator_options`` go to it.
     :param num_samples: Monte-Carlo draws per step (antithetic pairs).
