@@ -5,10 +5,17 @@
 Methods, per model (float32; every VI guide starts at ``init_to_median`` with
 standard deviations 0.1, PRNG seed 0):
 
-* NGVI ``estimator="hessian"`` and ``"stein"``, otherwise the defaults
-  (``num_samples=8``, constant step size 0.5), on ``StructuredGaussian`` with
-  ``groups.Dense()`` (``BlockUpperTriangular(8)`` for p > 200); gradient
-  evaluations per step are the step's ``info.num_grads`` (an HVP counts 2);
+* NGVI ``estimator="auto"`` (the default) and ``"stein"``, otherwise the
+  defaults (``num_samples=8``, constant step size 0.5), on
+  ``StructuredGaussian`` with ``groups.Dense()`` (``BlockUpperTriangular(8)``
+  for p > 200); gradient evaluations per step are the step's
+  ``info.num_grads`` (an HVP counts 2);
+* NGVI ``run(key, None)``, every default: one call that runs until converged;
+  its row is the converged answer ("to target" if it meets the target), its
+  wall time includes compilation (the compile column is blank);
+* Batch-and-Match (``bench/batch_and_match.py``) with 16 and 64 draws per step
+  (``batch_size`` gradients), learning rate ``B D / (t + 1)``, from the same
+  start as NGVI (``init_to_median``, sds 0.1);
 * SVI, ``Trace_ELBO()`` (one particle: 1 gradient evaluation per step) with
   ``optax.adam`` at learning rates 1e-3 and 1e-2 (one executable per autoguide
   via ``optax.inject_hyperparams``, so both rates share its compile time) on
@@ -78,8 +85,10 @@ from numpyro.infer.autoguide import (  # noqa: E402
 )
 from numpyro.infer.util import potential_energy  # noqa: E402
 
+import batch_and_match  # noqa: E402
 from ngvi import NGVI, StructuredGaussian, groups  # noqa: E402
 from ngvi.models.reference import load_reference  # noqa: E402
+from ngvi.target import make_target  # noqa: E402
 from vs_svi import compile_loop, fmt, with_learning_rate  # noqa: E402
 
 SMALL_MODELS = ("linear_regression", "poisson_glm", "logistic_regression", "eight_schools")
@@ -114,12 +123,15 @@ def geometric(start, stop):
     return np.unique(np.geomspace(start, stop, num).round().astype(int))
 
 
+def group_for(dim):
+    return groups.Dense() if dim <= DENSE_MAX_DIM else groups.BlockUpperTriangular(8)
+
+
 def ngvi_methods(model, kw, dim, key, budget_grads):
     """NGVI with the "hessian" and the "stein" estimator, defaults otherwise; the
     state carries the gradient evaluations so far (the steps' ``info.num_grads``)."""
-    group = groups.Dense() if dim <= DENSE_MAX_DIM else groups.BlockUpperTriangular(8)
-    for estimator in ("hessian", "stein"):
-        guide = StructuredGaussian(model, group=group, init_loc_fn=init_to_median)
+    for estimator in ("auto", "stein"):
+        guide = StructuredGaussian(model, group=group_for(dim), init_loc_fn=init_to_median)
         optimiser = NGVI(model, guide, estimator=estimator)
 
         def step(carry, kw, optimiser=optimiser):
@@ -133,6 +145,46 @@ def ngvi_methods(model, kw, dim, key, budget_grads):
             f"NGVI {estimator}", state, advance, lambda s, steps: int(s[1]),
             lambda s, steps, g=guide, o=optimiser: g.get_posterior(o.get_params(s[0])),
             geometric(1, max(1, budget_grads // first_step)), compile_s,
+        )
+
+
+def converged_row(model, kw, dim, key, errors, final):
+    """NGVI ``run(key, None)`` with every default: one row (the converged answer)."""
+    guide = StructuredGaussian(model, group=group_for(dim), init_loc_fn=init_to_median)
+    optimiser = NGVI(model, guide)
+    start = time.perf_counter()
+    result = optimiser.run(key, None, progress_bar=False, **kw)
+    wall = time.perf_counter() - start
+    q = guide.get_posterior(result.params)
+    mean_err, sd_err = errors(q)
+    grads, steps = int(np.sum(result.info.num_grads)), int(result.losses.shape[0])
+    hit = mean_err < TOL and sd_err < TOL
+    neg_elbo, khat = final(q)
+    name = f"NGVI run(None) ({'converged' if result.converged else result.stop_reason})"
+    trace = np.array([(steps, grads, wall, mean_err, sd_err)])
+    return {
+        "method": name, "compile_s": None, "grads_to_target": grads if hit else None,
+        "wall_to_target": wall if hit else None, "steps": steps, "grads": grads, "wall": wall,
+        "mean_err": mean_err, "sd_err": sd_err, "neg_elbo": neg_elbo, "khat": khat,
+    }, trace
+
+
+def bam_methods(model, kw, key, budget_grads):
+    """Batch-and-Match at 16 and 64 draws per step, from NGVI's start, on the
+    potential NGVI fits (the guide's flat unconstrained layout)."""
+    guide = StructuredGaussian(model, init_loc_fn=init_to_median)
+    numpyro.handlers.seed(guide, key)(**kw)  # sets up the latent layout and the start
+    for batch_size in (16, 64):
+        state = batch_and_match.init(key, guide._init_latent, 0.1)
+
+        def step(s, kw, b=batch_size):
+            return batch_and_match.step(s, make_target(model, guide, key, (), kw).potential, b)
+
+        advance, compile_s = compile_loop(step, state, kw)
+        yield Method(
+            f"Batch-and-Match B={batch_size}", state, advance, lambda s, steps, b=batch_size: b * steps,
+            lambda s, steps: dist.MultivariateNormal(s.loc, s.cov),
+            geometric(1, max(1, budget_grads // batch_size)), compile_s,
         )
 
 
@@ -248,12 +300,18 @@ def benchmark_model(name, budget_grads, budget_s):
     kw, ref = module.data(), load_reference(name)
     key, score_key = jax.random.split(jax.random.PRNGKey(0))
     errors, final = make_scores(module.model, kw, ref, score_key)
+    dim = ref["unconstrained"]["dim"]
     methods = [
-        *ngvi_methods(module.model, kw, ref["unconstrained"]["dim"], key, budget_grads),
+        *ngvi_methods(module.model, kw, dim, key, budget_grads),
+        *bam_methods(module.model, kw, key, budget_grads),
         *svi_methods(module.model, kw, key, budget_grads),
         nuts_method(module.model, kw, ref),
     ]
-    rows, traces = [], {}
+    row, trace = converged_row(module.model, kw, dim, key, errors, final)
+    rows, traces = [row], {row["method"]: trace}
+    print(f"  {row['method']:<32} {fmt(row['grads_to_target'], 'd'):>9} grads to target, {row['steps']} steps, "
+          f"{row['grads']} grads {row['wall']:.2f} s with compilation, errors {row['mean_err']:.3f} / {row['sd_err']:.3f}",
+          flush=True)
     for method in methods:
         grads = np.inf if method.name == "NUTS" else budget_grads  # NUTS runs the reference's settings
         state, traces[method.name] = run_method(method, kw, errors, grads, budget_s)
@@ -295,7 +353,7 @@ def write_markdown(path, command, facts, results, budget_grads, budget_s):
         parts.append(markdown_table(header, [[
             r["method"], fmt(r["grads_to_target"], ","), fmt(r["wall_to_target"], ".3f"), f"{r['steps']:,}",
             f"{r['grads']:,}", f"{r['wall']:.2f}", f"{r['mean_err']:.3f}", f"{r['sd_err']:.3f}",
-            f"{r['neg_elbo']:.3f}", f"{r['khat']:.2f}", f"{r['compile_s']:.1f}",
+            f"{r['neg_elbo']:.3f}", f"{r['khat']:.2f}", fmt(r["compile_s"], ".1f"),
         ] for r in rows]))
     path.write_text("\n".join(parts) + "\n")
 

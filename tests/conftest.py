@@ -11,3 +11,20 @@ import jax  # noqa: E402
 
 # The brute-force checks compare against autodiff Fisher matrices to ~1e-10.
 jax.config.update("jax_enable_x64", True)
+
+import pytest  # noqa: E402
+
+# Under pytest-xdist's --dist loadgroup, these files run on one worker each: their
+# tests share a module fixture or a cache of fits. Every other test goes to
+# whichever worker is free, so that the long zoo fits spread over both.
+SHARED_STATE = {
+    "test_accuracy", "test_cli", "test_driver", "test_groups", "test_guide", "test_inference_data",
+    "test_laplace", "test_mixture", "test_zoo", "test_zoo_fits",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module in SHARED_STATE:
+            item.add_marker(pytest.mark.xdist_group(module))

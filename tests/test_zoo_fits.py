@@ -56,7 +56,7 @@ KNOWN_MISSES = {
 
 
 # The costliest fits, in tests/test_zoo_fits_large.py so that the two test
-# workers share them out (pytest-xdist --dist loadfile).
+# workers share them out (not grouped under pytest-xdist --dist loadgroup, tests/conftest.py).
 LARGE = ["gp_classification", "irt_2pl", "lgcp", "stochastic_volatility"]
 
 

@@ -14,6 +14,8 @@ from test_zoo_fits import default_guide
 KEY = jax.random.PRNGKey(0)
 
 ELBOS = [Trace_ELBO(), TraceMeanField_ELBO(), RenyiELBO(alpha=0.5, num_particles=2), TraceGraph_ELBO()]
+# A GLM, a hierarchical model, a GP (a Cholesky inside) and a state-space model.
+ALL_ELBOS = {"logistic_regression", "eight_schools", "gp_classification", "local_level"}
 
 
 @pytest.mark.slow
@@ -21,9 +23,11 @@ ELBOS = [Trace_ELBO(), TraceMeanField_ELBO(), RenyiELBO(alpha=0.5, num_particles
 def test_predictive_inference_data_and_stock_svi_on_every_model(name):
     """The guide of every model, at its default start, works with NumPyro's own
     tools: ``Predictive`` draws finite observed sites, ``to_inference_data``
-    gives finite posterior draws and a Pareto k (not NaN), and one SVI step (Adam) with each of Trace_ELBO,
-    TraceMeanField_ELBO, RenyiELBO and TraceGraph_ELBO gives a finite loss and
-    finite parameters."""
+    gives finite posterior draws and a Pareto k (not NaN), and one SVI step
+    (Adam) with Trace_ELBO gives a finite loss; on the models of
+    ``ALL_ELBOS`` also with TraceMeanField_ELBO, RenyiELBO and TraceGraph_ELBO
+    (which read the guide's reparameterisation, a property of the guide, not of
+    the model; each eager step of a large model costs a minute on 2 cores)."""
     module, data, guide = default_guide(name)
     NGVI(module.model, guide).init(KEY, **data)
     params = guide.params_from_state(guide.init_state())
@@ -34,7 +38,7 @@ def test_predictive_inference_data_and_stock_svi_on_every_model(name):
     idata = to_inference_data(guide, params, num_samples=200, rng_key=KEY, **data)
     assert all(np.all(np.isfinite(idata.posterior[k].values)) for k in idata.posterior.data_vars)
     assert not np.isnan(idata.attrs["pareto_k"])  # inf is a valid verdict on an unfitted guide
-    for elbo in ELBOS:
+    for elbo in ELBOS if name in ALL_ELBOS else ELBOS[:1]:
         svi = SVI(module.model, guide, numpyro.optim.Adam(1e-3), elbo)
         state, loss = svi.update(svi.init(KEY, **data), **data)  # eagerly: no compile per ELBO
         assert np.isfinite(loss), type(elbo).__name__
