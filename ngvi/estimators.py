@@ -221,10 +221,9 @@ def zeroth_order(key, target, group, loc, factor, num_samples, gamma):
     return _estimate(values, eps, weights, jnp.sum(weighted, axis=0), curvature, group, factor, gamma)
 
 
-# The "auto" estimator: its Hutchinson probes; the dimension up to which it takes
-# the diagonal exactly (at most that many products per draw, no noise); and the
-# dimension above which a full-matrix group's H comes from one antithetic pair.
-AUTO_PROBES, AUTO_EXACT_DIM, AUTO_FEW_POINTS_DIM = 4, 128, 64
+# The "auto" estimator's Hutchinson probes, and the dimension up to which it
+# takes the diagonal exactly (at most that many products per draw, no noise).
+AUTO_PROBES, AUTO_EXACT_DIM = 4, 128
 
 
 def auto(key, target, group, loc, factor, num_samples, gamma):
@@ -236,17 +235,9 @@ def auto(key, target, group, loc, factor, num_samples, gamma):
     Hessian-vector products per draw, never ``p``. (Probes' noise is the
     whitened couplings the group does not hold; a diagonal group on a strongly
     coupled posterior settles a few percent off with it, which the exact
-    diagonal avoids where ``p`` products are cheap.) A full-matrix group with
-    ``p > 64`` takes its ``p`` products at one antithetic pair of the draws
-    (``curvature_samples=2``; ``g_mu`` still averages all): near a Gaussian
-    posterior ``H`` varies little over ``q``, and the products at every draw
-    would cost ``num_samples / 2`` times as much."""
-    p = loc.shape[-1]
-    if group.dense_curvature:
-        few = p > AUTO_FEW_POINTS_DIM and num_samples > 2
-        return hessian(key, target, group, loc, factor, num_samples, gamma, curvature_samples=2 if few else None)
-    probes = None if p <= AUTO_EXACT_DIM else AUTO_PROBES
-    return hessian(key, target, group, loc, factor, num_samples, gamma, probes=probes)
+    diagonal avoids where ``p`` products are cheap.)"""
+    exact = group.dense_curvature or loc.shape[-1] <= AUTO_EXACT_DIM
+    return hessian(key, target, group, loc, factor, num_samples, gamma, probes=None if exact else AUTO_PROBES)
 
 
 ESTIMATORS = {"auto": auto, "hessian": hessian, "stein": stein, "gauss_newton": gauss_newton, "zeroth_order": zeroth_order}

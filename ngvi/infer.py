@@ -74,9 +74,9 @@ class NGVI:
     :param num_samples: Monte-Carlo samples per step (drawn in antithetic pairs;
         per component for a mixture).
     :param estimator: ``"auto"`` (the default, :func:`ngvi.estimators.auto`:
-        ``"hessian"``, exact for a full-matrix group (from 2 draws above
-        ``p = 64``) or ``p <= 128``, else with the diagonal from 4 whitened
-        probes, so that a structured step costs ``k + 4`` products per draw),
+        ``"hessian"``, exact for a full-matrix group or ``p <= 128``, else with
+        the diagonal from 4 whitened probes, so that a structured step costs
+        ``k + 4`` products per draw),
         ``"hessian"`` (Hessian-vector products), ``"stein"``
         (gradients only), ``"gauss_newton"`` (per-example gradients of the observed
         sites plus the prior's exact curvature) or ``"zeroth_order"`` (log-density

@@ -23,8 +23,17 @@ SHARED_STATE = {
 }
 
 
+# The longest tests go first, so that no worker is left with one at the end
+# while the other idles (the large zoo fits take 3-12 minutes each on 2 cores).
+LONGEST_FIRST = ("test_zoo_fits_large", "test_zoo_tools", "test_zoo_estimators")
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1]
         if module in SHARED_STATE:
             item.add_marker(pytest.mark.xdist_group(module))
+    rank = lambda item: next(
+        (i for i, name in enumerate(LONGEST_FIRST) if item.module.__name__.endswith(name)), len(LONGEST_FIRST)
+    )
+    items.sort(key=rank)
