@@ -28,6 +28,7 @@ SHARED_STATE = {
 LONGEST_FIRST = ("test_zoo_fits_large", "test_zoo_tools", "test_zoo_estimators")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups into the test ids
 def pytest_collection_modifyitems(items):
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1]

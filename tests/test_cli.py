@@ -103,7 +103,7 @@ def test_bad_input_exits_2(argv, words, capsys):
 
 
 def test_bad_estimator_is_an_argparse_error(capsys):
-    """An estimator outside the four choices is rejected by argparse (exit code 2)."""
+    """An estimator outside the choices is rejected by argparse (exit code 2)."""
     with pytest.raises(SystemExit) as err:
         main(["fit", "eight_schools", "--estimator", "newton"])
     assert err.value.code == 2 and "newton" in capsys.readouterr().err

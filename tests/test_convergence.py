@@ -52,7 +52,7 @@ def test_in_family_target_stops_at_the_exact_posterior(step_size):
 @pytest.mark.parametrize("x64", [True, False], ids=["float64", "float32"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_logistic_regression_reaches_the_kl_optimum(seed, x64):
-    """31 coefficients, not in the family: at every default (Dense, "hessian",
+    """31 coefficients, not in the family: at every default (Dense, "auto": exact,
     8 draws, step 0.5) the run converges, and its means and sds are within
     0.03 sd and 3% of the dense family's KL optimum, computed without the
     library (:func:`fitting.kl_optimum_dense`), in float64 and in float32."""
