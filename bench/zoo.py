@@ -128,7 +128,7 @@ def group_for(dim):
 
 
 def ngvi_methods(model, kw, dim, key, budget_grads):
-    """NGVI with the "hessian" and the "stein" estimator, defaults otherwise; the
+    """NGVI with the "auto" and the "stein" estimator, defaults otherwise; the
     state carries the gradient evaluations so far (the steps' ``info.num_grads``)."""
     for estimator in ("auto", "stein"):
         guide = StructuredGaussian(model, group=group_for(dim), init_loc_fn=init_to_median)

@@ -16,6 +16,7 @@ module) and carries the module's pure pieces: ``vi.structured_gaussian.step``,
 from ngvi.vi import gaussian_mixture as _gaussian_mixture
 from ngvi.vi import structured_gaussian as _structured_gaussian
 from ngvi.vi.base import VIAlgorithm
+from ngvi.vi.multistart import Fits, multistart
 
 __all__ = ["VIAlgorithm", "structured_gaussian", "gaussian_mixture", "multistart", "Fits"]
 
@@ -39,6 +40,3 @@ class _Algorithm:
 
 structured_gaussian = _Algorithm(_structured_gaussian)
 gaussian_mixture = _Algorithm(_gaussian_mixture)
-
-# After the algorithms: multistart runs structured_gaussian.
-from ngvi.vi.multistart import Fits, multistart  # noqa: E402

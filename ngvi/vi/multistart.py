@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ngvi.groups import Diagonal
-from ngvi.vi import structured_gaussian
+from ngvi.vi.structured_gaussian import as_top_level_api as structured_gaussian
 
 __all__ = ["Fits", "multistart"]
 
@@ -45,7 +45,8 @@ class Fits(NamedTuple):
 
 
 def _fit_all(potential_fn, starts, rng_key, num_steps, scale, num_samples):
-    algorithm = structured_gaussian(potential_fn, group=Diagonal(), num_samples=num_samples)
+    group = Diagonal()
+    algorithm = structured_gaussian(potential_fn, group=group, num_samples=num_samples)
 
     def fit(key, start):
         def body(state, key):
@@ -53,7 +54,7 @@ def _fit_all(potential_fn, starts, rng_key, num_steps, scale, num_samples):
             return state, (info.loss, info.num_grads)
 
         state, (losses, grads) = jax.lax.scan(body, algorithm.init(start, scale), jax.random.split(key, num_steps))
-        sds = jnp.sqrt(Diagonal().covariance_diagonal(state.factor))
+        sds = jnp.sqrt(group.covariance_diagonal(state.factor))
         return state.loc, sds, jnp.mean(losses[num_steps // 2 :]), jnp.sum(grads)
 
     keys = jax.random.split(rng_key, starts.shape[0])
