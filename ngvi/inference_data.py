@@ -32,15 +32,24 @@ def _posterior_predictive(model, rng_key, samples, args, kwargs):
     return jax.vmap(one)(jax.random.split(rng_key, num), samples)
 
 
+def _log_ratio(guide, params, rng_key, latent, args, kwargs):
+    """``log p(x, z) - log q(z)`` at the flat latent draws (traceable)."""
+    target = make_target(_fitted_model(guide, params), guide, rng_key, args, kwargs)
+    return -jax.vmap(target.potential)(latent) - guide.get_posterior(params).log_prob(latent)
+
+
+def _pareto_k(log_ratio):
+    _, pareto_k = az.psislw(log_ratio - log_ratio.max())
+    return float(pareto_k)
+
+
 def importance_diagnostics(guide, params, rng_key, latent, *args, **kwargs):
     """Log importance ratios ``log p(x, z) - log q(z)`` at flat latent draws and
     the Pareto ``k`` of their PSIS smoothing (``k > 0.7``: the guide misses
     mass of the posterior; Yao et al., 2018)."""
-    target = make_target(_fitted_model(guide, params), guide, rng_key, args, kwargs)
-    log_joint = -jax.vmap(target.potential)(latent)
-    log_ratio = np.asarray(log_joint - guide.get_posterior(params).log_prob(latent), dtype=np.float64)
-    _, pareto_k = az.psislw(log_ratio - log_ratio.max())
-    return log_ratio, float(pareto_k)
+    compute = jax.jit(lambda params, key, latent: _log_ratio(guide, params, key, latent, args, kwargs))
+    log_ratio = np.asarray(compute(params, rng_key, latent), dtype=np.float64)
+    return log_ratio, _pareto_k(log_ratio)
 
 
 def _fitted_model(guide, params):
@@ -63,15 +72,23 @@ def to_inference_data(guide, params, *args, num_samples=1000, rng_key=None, loss
     ``args`` and ``kwargs`` are the model's, as passed to ``NGVI.run``.
     """
     rng_key = jax.random.PRNGKey(0) if rng_key is None else rng_key
-    latent_key, predictive_key, weight_key, observed_key = jax.random.split(rng_key, 4)
-    latent = guide.get_posterior(params).sample(latent_key, (num_samples,))
-    posterior = guide._unpack_and_constrain(latent, params)
     model = _fitted_model(guide, params)
-    observed = _observed_sites(model, observed_key, jax.tree.map(lambda x: x[0], posterior), args, kwargs)
-    observed_data = {name: np.asarray(site["value"]) for name, site in observed.items()}
-    predictive = _posterior_predictive(model, predictive_key, posterior, args, kwargs)
-    log_lik = log_likelihood(model, posterior, *args, **kwargs)
-    log_ratio, pareto_k = importance_diagnostics(guide, params, weight_key, latent, *args, **kwargs)
+
+    @jax.jit  # one compiled program instead of one per operation
+    def draws(params, rng_key):
+        latent_key, predictive_key, weight_key, observed_key = jax.random.split(rng_key, 4)
+        latent = guide.get_posterior(params).sample(latent_key, (num_samples,))
+        posterior = guide._unpack_and_constrain(latent, params)
+        observed = _observed_sites(model, observed_key, jax.tree.map(lambda x: x[0], posterior), args, kwargs)
+        predictive = _posterior_predictive(model, predictive_key, posterior, args, kwargs)
+        log_lik = log_likelihood(model, posterior, *args, **kwargs)
+        log_ratio = _log_ratio(guide, params, weight_key, latent, args, kwargs)
+        return posterior, {name: site["value"] for name, site in observed.items()}, predictive, log_lik, log_ratio
+
+    posterior, observed_data, predictive, log_lik, log_ratio = draws(params, rng_key)
+    log_ratio = np.asarray(log_ratio, dtype=np.float64)
+    pareto_k = _pareto_k(log_ratio)
+    observed_data = {name: np.asarray(value) for name, value in observed_data.items()}
     idata = az.from_dict(
         posterior=_with_chain(posterior),
         posterior_predictive=_with_chain(predictive),

@@ -82,33 +82,34 @@ def model_param_sites(model, guide, rng_key, loc, args, kwargs):
     }
 
 
-def _check_every_direction_matters(target, guide, rng_key, loc, num_points=3):
-    """Raise ``ValueError`` naming the latent coordinates along which the log
-    density is exactly flat at ``loc`` and at ``num_points`` standard-normal
-    perturbations of it: there the posterior is improper (e.g. an
-    ``ImproperUniform`` site the likelihood does not see)."""
-    points = loc + jax.random.normal(rng_key, (num_points, loc.shape[-1]), loc.dtype)
-    grads = jax.vmap(jax.grad(target.potential))(jnp.concatenate([loc[None], points]))
-    flat = guide._unpack_latent(jnp.all(grads == 0, axis=0).astype(loc.dtype))
-    bad = {name: np.flatnonzero(np.asarray(v)).tolist() for name, v in flat.items() if bool(jnp.any(v > 0))}
-    if bad:
-        where = "; ".join(f"site {name!r} (entries {idx} of its flattened value)" for name, idx in bad.items())
-        raise ValueError(
-            f"The model's log density does not change along {where}: the posterior is improper in that "
-            "direction (a flat prior the likelihood does not see). Give the site a proper prior or observe it."
-        )
+def _flat_directions(guide, grads):
+    """``{site: flattened entries}`` of the latent coordinates along which every
+    row of ``grads`` is exactly zero."""
+    flat = guide._unpack_latent(jnp.all(grads == 0, axis=0).astype(grads.dtype))
+    return {name: np.flatnonzero(np.asarray(v)).tolist() for name, v in flat.items() if bool(jnp.any(v > 0))}
 
 
-def check_initial_point(model, guide, rng_key, loc, args, kwargs):
+def check_initial_point(model, guide, rng_key, loc, args, kwargs, num_points=3):
     """Raise ``ValueError`` naming the sites whose log density is not finite at
     ``loc`` (a flat latent vector, or one per row: a mixture's component means),
-    or the directions along which it is flat (an improper posterior)."""
+    or the latent coordinates along which it is exactly flat at the first row and
+    at ``num_points`` standard-normal perturbations of it: there the posterior is
+    improper (e.g. an ``ImproperUniform`` site the likelihood does not see).
+    One compiled evaluation of ``l`` and its gradient at all these points."""
     locs = jnp.reshape(loc, (-1, jnp.shape(loc)[-1]))
+    points = locs[0] + jax.random.normal(rng_key, (num_points, locs.shape[-1]), locs.dtype)
     target = make_target(model, guide, rng_key, args, kwargs)
-    values, grads = jax.vmap(jax.value_and_grad(target.potential))(locs)
-    finite = np.asarray(jnp.isfinite(values) & jnp.all(jnp.isfinite(grads), axis=-1))
+    values, grads = jax.jit(jax.vmap(jax.value_and_grad(target.potential)))(jnp.concatenate([locs, points]))
+    num_locs = locs.shape[0]
+    finite = np.asarray(jnp.isfinite(values) & jnp.all(jnp.isfinite(grads), axis=-1))[:num_locs]
     if finite.all():
-        _check_every_direction_matters(target, guide, rng_key, locs[0])
+        flat = _flat_directions(guide, grads[jnp.array([0, *range(num_locs, num_locs + num_points)])])
+        if flat:
+            where = "; ".join(f"site {name!r} (entries {idx} of its flattened value)" for name, idx in flat.items())
+            raise ValueError(
+                f"The model's log density does not change along {where}: the posterior is improper in that "
+                "direction (a flat prior the likelihood does not see). Give the site a proper prior or observe it."
+            )
         return
     bad = nonfinite_sites(_trace_at(model, guide, rng_key, locs[int(np.argmin(finite))], args, kwargs))
     where = f"at site(s) {', '.join(repr(b) for b in bad)}" if bad else "(its gradient is not finite)"

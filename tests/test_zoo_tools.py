@@ -27,7 +27,7 @@ def test_predictive_inference_data_and_stock_svi_on_every_model(name):
     (Adam) with Trace_ELBO gives a finite loss; on the models of
     ``ALL_ELBOS`` also with TraceMeanField_ELBO, RenyiELBO and TraceGraph_ELBO
     (which read the guide's reparameterisation, a property of the guide, not of
-    the model; each eager step of a large model costs a minute on 2 cores)."""
+    the model)."""
     module, data, guide = default_guide(name)
     NGVI(module.model, guide).init(KEY, **data)
     params = guide.params_from_state(guide.init_state())
@@ -40,6 +40,6 @@ def test_predictive_inference_data_and_stock_svi_on_every_model(name):
     assert not np.isnan(idata.attrs["pareto_k"])  # inf is a valid verdict on an unfitted guide
     for elbo in ELBOS if name in ALL_ELBOS else ELBOS[:1]:
         svi = SVI(module.model, guide, numpyro.optim.Adam(1e-3), elbo)
-        state, loss = svi.update(svi.init(KEY, **data), **data)  # eagerly: no compile per ELBO
+        state, loss = jax.jit(svi.update)(svi.init(KEY, **data), **data)
         assert np.isfinite(loss), type(elbo).__name__
         assert all(np.all(np.isfinite(v)) for v in jax.tree.leaves(svi.get_params(state))), type(elbo).__name__
