@@ -61,13 +61,14 @@ def logistic_kl_optimum():
     return kl_optimum_dense(potential(logistic_regression.model, logistic_regression.data()), start)
 
 
-@pytest.mark.parametrize("x64", [True, False], ids=["float64", "float32"])
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(("seed", "x64"), [(0, True), (1, True), (2, True), (0, False)],
+                         ids=["0-float64", "1-float64", "2-float64", "0-float32"])
 def test_logistic_regression_reaches_the_kl_optimum(seed, x64):
     """31 coefficients, not in the family: at every default (Dense, "auto": exact,
     8 draws, step 0.5) the run converges, and its means and sds are within
     0.03 sd and 3% of the dense family's KL optimum, computed without the
-    library (:func:`fitting.kl_optimum_dense`), in float64 and in float32."""
+    library (:func:`fitting.kl_optimum_dense`), at three seeds in float64 and in
+    float32 (one seed: a float32 run takes 2-3 times the steps of a float64 one)."""
     with jax.enable_x64(x64):
         result, mean, cov = fit_until_converged(logistic_regression, seed=seed)
     assert result.converged, result.stop_reason
