@@ -41,10 +41,13 @@ def brute_force_natural_gradient(b_dense, mu, basis, a, m, gamma):
         b = b_dense @ _h(jnp.tensordot(theta, basis, 1))
         return mu + jnp.linalg.solve(b_dense.T, delta), b @ b.T
 
-    eta0 = jnp.zeros(p + basis.shape[0])
-    mu0, s0 = local(eta0)
-    fisher = jax.hessian(lambda eta: _gaussian_kl(mu0, s0, *local(eta)))(eta0)
-    grad = jax.grad(lambda eta: _objective(*local(eta), a, m, gamma))(eta0)
+    @jax.jit  # one compiled program instead of one per operation
+    def fisher_and_grad(eta0):
+        mu0, s0 = local(eta0)
+        fisher = jax.hessian(lambda eta: _gaussian_kl(mu0, s0, *local(eta)))(eta0)
+        return fisher, jax.grad(lambda eta: _objective(*local(eta), a, m, gamma))(eta0)
+
+    fisher, grad = fisher_and_grad(jnp.zeros(p + basis.shape[0]))
     nat = jnp.linalg.pinv(fisher, rtol=1e-12) @ grad
     return nat[:p], jnp.tensordot(nat[p:], basis, 1)
 

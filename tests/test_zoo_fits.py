@@ -67,11 +67,12 @@ CURVATURE_MISSES = {
 # workers share them out (not grouped under pytest-xdist --dist loadgroup, tests/conftest.py).
 LARGE = ["gp_classification", "irt_2pl", "lgcp", "stochastic_volatility"]
 
-# Fitted here at test size: the LGCP on its first 40 years (p = 43). At the
-# shipped 112 years (p = 115) the default's exact curvature costs 115
-# Hessian-vector products per draw through a 112 x 112 Cholesky: 200 steps take
-# 14 minutes on 2 cores (bench/zoo.py fits the shipped size).
-TEST_SIZE = {"lgcp": 40}
+# Fitted here at test size, their first rows of data: the two GPs, whose
+# default's exact curvature costs p Hessian-vector products per draw through the
+# model's n x n Cholesky (about n^4 per draw). The LGCP at 40 of its 112 years
+# (p = 43; at the shipped size 200 steps take 14 minutes on 2 cores), the GP
+# classifier at 30 of its 50 points (p = 32). bench/zoo.py fits the shipped sizes.
+TEST_SIZE = {"lgcp": 40, "gp_classification": 30}
 
 
 def group_for(p):
