@@ -71,7 +71,8 @@ LARGE = ["gp_classification", "irt_2pl", "lgcp", "stochastic_volatility"]
 # default's exact curvature costs p Hessian-vector products per draw through the
 # model's n x n Cholesky (about n^4 per draw). The LGCP at 40 of its 112 years
 # (p = 43; at the shipped size 200 steps take 14 minutes on 2 cores), the GP
-# classifier at 30 of its 50 points (p = 32). bench/zoo.py fits the shipped sizes.
+# classifier at 30 of its 50 points (p = 32). `python bench/zoo.py --models lgcp,gp_classification`
+# fits the shipped sizes.
 TEST_SIZE = {"lgcp": 40, "gp_classification": 30}
 
 
