@@ -82,11 +82,18 @@ def model_param_sites(model, guide, rng_key, loc, args, kwargs):
     }
 
 
-def _flat_directions(guide, grads):
-    """``{site: flattened entries}`` of the latent coordinates along which every
-    row of ``grads`` is exactly zero."""
+def _check_every_direction_matters(guide, grads):
+    """Raise ``ValueError`` naming the latent coordinates along which every row
+    of ``grads`` is exactly zero: there the posterior is improper (e.g. an
+    ``ImproperUniform`` site the likelihood does not see)."""
     flat = guide._unpack_latent(jnp.all(grads == 0, axis=0).astype(grads.dtype))
-    return {name: np.flatnonzero(np.asarray(v)).tolist() for name, v in flat.items() if bool(jnp.any(v > 0))}
+    bad = {name: np.flatnonzero(np.asarray(v)).tolist() for name, v in flat.items() if bool(jnp.any(v > 0))}
+    if bad:
+        where = "; ".join(f"site {name!r} (entries {idx} of its flattened value)" for name, idx in bad.items())
+        raise ValueError(
+            f"The model's log density does not change along {where}: the posterior is improper in that "
+            "direction (a flat prior the likelihood does not see). Give the site a proper prior or observe it."
+        )
 
 
 def check_initial_point(model, guide, rng_key, loc, args, kwargs, num_points=3):
@@ -103,13 +110,7 @@ def check_initial_point(model, guide, rng_key, loc, args, kwargs, num_points=3):
     num_locs = locs.shape[0]
     finite = np.asarray(jnp.isfinite(values) & jnp.all(jnp.isfinite(grads), axis=-1))[:num_locs]
     if finite.all():
-        flat = _flat_directions(guide, grads[jnp.array([0, *range(num_locs, num_locs + num_points)])])
-        if flat:
-            where = "; ".join(f"site {name!r} (entries {idx} of its flattened value)" for name, idx in flat.items())
-            raise ValueError(
-                f"The model's log density does not change along {where}: the posterior is improper in that "
-                "direction (a flat prior the likelihood does not see). Give the site a proper prior or observe it."
-            )
+        _check_every_direction_matters(guide, jnp.concatenate([grads[:1], grads[num_locs:]]))
         return
     bad = nonfinite_sites(_trace_at(model, guide, rng_key, locs[int(np.argmin(finite))], args, kwargs))
     where = f"at site(s) {', '.join(repr(b) for b in bad)}" if bad else "(its gradient is not finite)"
