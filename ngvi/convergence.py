@@ -58,9 +58,13 @@ BATCH_DECORRELATIONS, MIN_HALF, DRIFT_Z, NUM_PROBES = 4.0, 4, 3.0, 8
 MIN_STEP_SCALE = 1.0 / 16
 
 
-def parameters(vi_state):
-    """The fields of ``vi_state`` that describe ``q``: ``loc``, ``factor`` (and ``log_weights``)."""
-    return {name: getattr(vi_state, name) for name in PARAMETER_FIELDS if hasattr(vi_state, name)}
+def parameters(vi_state, group):
+    """The fields of ``vi_state`` that describe ``q``: ``loc``, ``factor`` (and
+    ``log_weights``), the factor as ``group.canonical`` represents it (so that
+    averages of iterates do not depend on the factor's rotation)."""
+    params = {name: getattr(vi_state, name) for name in PARAMETER_FIELDS if hasattr(vi_state, name)}
+    canonical = group.canonical if params["loc"].ndim == 1 else jax.vmap(group.canonical)
+    return {**params, "factor": canonical(params["factor"])}
 
 
 def with_parameters(vi_state, params):

@@ -288,17 +288,18 @@ class NGVI:
         """``(state, n, step_scale) -> (state, mean of q's parameters over the
         n steps, infos)`` for ``n <= length`` steps (infos padded to
         ``length``) at ``step_scale`` times the step size, jit-compiled."""
+        parameters = partial(convergence.parameters, group=self.guide.group)
 
         def chunk(state, num, step_scale):
             info_shape = jax.eval_shape(lambda s: self._update(s, args, kwargs)[1], state)
             infos = jax.tree.map(lambda x: jnp.zeros((length,) + x.shape, x.dtype), info_shape)
-            sums = jax.tree.map(jnp.zeros_like, convergence.parameters(state.vi_state))
+            sums = jax.tree.map(jnp.zeros_like, parameters(state.vi_state))
 
             def body(i, carry):
                 state, infos, sums = carry
                 state, info = self._update(state, args, kwargs, step_scale)
                 infos = jax.tree.map(lambda buffer, x: buffer.at[i].set(x), infos, info)
-                return state, infos, jax.tree.map(jnp.add, sums, convergence.parameters(state.vi_state))
+                return state, infos, jax.tree.map(jnp.add, sums, parameters(state.vi_state))
 
             state, infos, sums = jax.lax.fori_loop(0, num, body, (state, infos, sums))
             return state, jax.tree.map(lambda x: x / num, sums), infos

@@ -4,12 +4,14 @@ small step is still moving, reports why it stopped, and rejects a model
 argument passed where ``num_steps`` belongs."""
 
 import functools
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from fitting import dense_covariance, kl_optimum_dense, potential
+from group_cases import random_element
 
 from ngvi import NGVI, StructuredGaussian, convergence, groups
 from ngvi.models import linear_regression, logistic_regression
@@ -119,6 +121,44 @@ def test_shift_measures_mean_and_scale_in_the_gaussians_units():
     scaled = jax.tree.map(lambda f: 1.05 * f, factor)
     mean, scale, weight = convergence.shift(group, {"loc": loc, "factor": factor}, {"loc": moved, "factor": scaled})
     np.testing.assert_allclose([mean, scale, weight], [0.1, 0.05, 0.0], rtol=1e-6, atol=1e-12)
+
+
+def orthogonal_element(group, p, rng):
+    """A random orthogonal ``Q`` in ``group`` (rotations of its dense blocks)."""
+    rotation = lambda k: jnp.asarray(np.linalg.qr(rng.standard_normal((k, k)))[0])  # noqa: E731
+    q = group.identity(p, jnp.float64)
+    if isinstance(group, groups.Dense):
+        return q._replace(matrix=rotation(p))
+    if isinstance(group, groups.BlockUpperTriangular):
+        return q._replace(head=rotation(group.k))
+    return q._replace(head=rotation(group.k1), tail=rotation(group.k2))
+
+
+@pytest.mark.parametrize(("group", "components"), [
+    (groups.Dense(), None), (groups.Dense(), 2), (groups.BlockUpperTriangular(2), None), (groups.Hierarchical(2, 1), None),
+], ids=["dense", "dense-mixture", "block_upper", "hierarchical"])
+def test_averaged_iterates_do_not_depend_on_the_factors_rotation(group, components):
+    """Factors ``B Q_t`` (``Q_t`` orthogonal and in the group) all give the same
+    ``S``: their parameters averaged as the stopping rule averages them give
+    that ``S`` exactly, where the raw factors' average loses most of it."""
+    p, num = 6, 16
+    rng = np.random.default_rng(1)
+    with jax.enable_x64():
+        b = random_element(group, p, jax.random.PRNGKey(0), spread=1.0)
+        factors = [group.mul(b, orthogonal_element(group, p, rng)) for _ in range(num)]
+        precision = np.asarray(group.to_dense(b) @ group.to_dense(b).T)
+        raw = np.asarray(group.to_dense(jax.tree.map(lambda *x: sum(x) / num, *factors)))
+        assert np.linalg.eigvalsh(np.linalg.solve(precision, raw @ raw.T)).min() < 0.5
+        loc = jnp.zeros(p)
+        if components:  # a mixture's factors and means carry a leading component axis
+            factors = [jax.tree.map(lambda x: jnp.stack([x] * components), f) for f in factors]
+            loc = jnp.zeros((components, p))
+        params = [convergence.parameters(SimpleNamespace(loc=loc, factor=f), group)["factor"] for f in factors]
+        averaged = jax.tree.map(lambda *x: sum(x) / num, *params)
+        for c in range(components or 1):
+            part = averaged if components is None else jax.tree.map(lambda x, c=c: x[c], averaged)
+            m = np.asarray(group.to_dense(part))
+            np.testing.assert_allclose(m @ m.T, precision, rtol=1e-9, atol=1e-9)
 
 
 def test_mixture_stops_converged_at_the_modes_and_weights():

@@ -13,7 +13,7 @@ import abc
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Group", "tree_axpy", "symmetric_part", "whitened_sum"]
+__all__ = ["Group", "tree_axpy", "symmetric_part", "triangular_rotation", "whitened_sum"]
 
 
 def tree_axpy(a, x, y):
@@ -24,6 +24,13 @@ def tree_axpy(a, x, y):
 def symmetric_part(a):
     """``(A + A^T) / 2``."""
     return 0.5 * (a + a.T)
+
+
+def triangular_rotation(a):
+    """The orthogonal ``Q`` with ``a Q`` lower triangular with a positive
+    diagonal (from the QR factorisation of ``a^T``; ``O(k^3)`` for ``k x k``)."""
+    q, r = jnp.linalg.qr(a.T)
+    return q * jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(a.dtype)
 
 
 def whitened_sum(group, b, curvature, fn):
@@ -151,6 +158,15 @@ class Group(abc.ABC):
     def retract(self, b, m):
         """``B h(M)``."""
         return self.mul(b, self.h(m))
+
+    def canonical(self, b):
+        """The representative of ``B`` that averages of iterates use: ``B Q``
+        (``Q`` orthogonal, ``B Q`` in the group) gives the same ``S = B B^T``, and
+        the step moves ``B`` along such ``Q`` as it goes, so an average of raw
+        factors shrinks ``S``. ``B`` itself here: the triangular and diagonal
+        groups (positive diagonals) have one member per ``S``; a Kronecker
+        factor's two parts keep their relative scale."""
+        return b
 
     def _config(self):
         """The static configuration that identifies the group (for ``==`` and

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ngvi.groups.base import Group, symmetric_part
+from ngvi.groups.base import Group, symmetric_part, triangular_rotation
 
 __all__ = [
     "BlockUpperTriangular",
@@ -111,6 +111,11 @@ class BlockUpperTriangular(Group):
 
     def logdet(self, b):
         return _logabsdet(b.head) + jnp.sum(jnp.log(jnp.abs(b.diag)))
+
+    def canonical(self, b):
+        """``B_A Q`` lower triangular with a positive diagonal (``O(k^3)``):
+        ``B_A Q`` gives the same ``S`` for every orthogonal ``Q``."""
+        return b._replace(head=b.head @ triangular_rotation(b.head))
 
     def mul(self, b, c):
         return BlockUpperFactor(b.head @ c.head, b.head @ c.cross + b.cross * c.diag, b.diag * c.diag)
@@ -224,6 +229,13 @@ class Hierarchical(Group):
 
     def logdet(self, b):
         return _logabsdet(b.head) + jnp.sum(jnp.log(jnp.abs(b.diag))) + _logabsdet(b.tail)
+
+    def canonical(self, b):
+        """``B diag(Q_1, I, Q_4)`` with ``B_A Q_1`` and ``B_4 Q_4`` lower triangular
+        with positive diagonals (``O((k1 + k2)^2 p)``): the same ``S`` for every
+        orthogonal ``Q_1``, ``Q_4``."""
+        q1, q4 = triangular_rotation(b.head), triangular_rotation(b.tail)
+        return b._replace(head=b.head @ q1, lower=b.lower @ q1, tail_left=b.tail_left @ q1, tail=b.tail @ q4)
 
     def mul(self, b, c):
         return HierarchicalFactor(

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
-from ngvi.groups.base import Group, symmetric_part, whitened_sum
+from ngvi.groups.base import Group, symmetric_part, triangular_rotation, whitened_sum
 
 __all__ = ["Dense", "LowerTriangular", "UpperTriangular", "MatrixFactor"]
 
@@ -65,6 +65,11 @@ class Dense(_MatrixGroup):
 
     def natural_direction(self, x):
         return MatrixFactor(0.5 * symmetric_part(x.matrix))
+
+    def canonical(self, b):
+        """``B Q`` lower triangular with a positive diagonal: the Cholesky factor
+        of ``S``, from a QR factorisation of ``B^T`` (``O(p^3)``, as the step)."""
+        return MatrixFactor(b.matrix @ triangular_rotation(b.matrix))
 
 
 class LowerTriangular(_MatrixGroup):
