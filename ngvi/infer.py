@@ -235,9 +235,10 @@ class NGVI:
         stopping rule), never a single step's.
 
         The result's ``converged`` and ``stop_reason`` say why it stopped
-        (``None`` and ``"num_steps"`` with ``num_steps`` given). A converged
-        run returns the window average (in the state, too), otherwise the
-        last iterate."""
+        (``None`` and ``"num_steps"`` with ``num_steps`` given). A run that
+        converged, or ran out of steps with its last window stationary,
+        returns the window average (in the state, too), otherwise the last
+        iterate."""
         _check_num_steps(num_steps)
         state = self.init(rng_key, *args, **kwargs) if init_state is None else init_state
         if num_steps is None:
@@ -280,7 +281,7 @@ class NGVI:
             converged = bool(check and check.converged)
             if progress_bar:
                 bar.set_description("converged" if converged else "not converged")
-        if converged:
+        if check and check.stationary:  # converged, or out of steps with a stationary window
             state = state._replace(vi_state=convergence.with_parameters(state.vi_state, check.answer))
         return self._result(state, infos, converged, "converged" if converged else "max_steps")
 

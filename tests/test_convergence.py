@@ -80,12 +80,24 @@ def test_logistic_regression_reaches_the_kl_optimum(seed, x64):
 
 def test_max_steps_stops_a_run_that_cannot_converge():
     """A tolerance below the Monte-Carlo floor: the run stops at ``max_steps``,
-    says so, and returns finite parameters."""
+    says so, and returns finite parameters: within 95 steps (no stationary
+    window yet) the last iterate, after 1,505 the last stationary window's
+    average, as close to the KL optimum as a converged run (measured: the
+    average 0.009 sd off, the last iterate 0.035)."""
     data = logistic_regression.data()
     guide = StructuredGaussian(logistic_regression.model)
-    result = NGVI(logistic_regression.model, guide, tol=1e-6, max_steps=95).run(KEY, None, progress_bar=False, **data)
-    assert (result.converged, result.stop_reason, result.losses.shape[0]) == (False, "max_steps", 95)
-    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(result.params))
+    for max_steps in (95, 1505):
+        result = NGVI(logistic_regression.model, guide, tol=1e-6, max_steps=max_steps).run(
+            KEY, None, progress_bar=False, **data
+        )
+        assert (result.converged, result.stop_reason, result.losses.shape[0]) == (False, "max_steps", max_steps)
+        assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(result.params))
+    vi_state = result.state.vi_state
+    mean = np.asarray(vi_state.loc, np.float64)
+    cov = np.asarray(dense_covariance(guide.group, vi_state.factor), np.float64)
+    mean_error, sd_error = errors(mean, cov, *logistic_kl_optimum())
+    print(f"after {max_steps} steps, not converged: {mean_error:.4f} sd, {sd_error:.4f} in the sds")
+    assert mean_error < 0.03 and sd_error < 0.03, (mean_error, sd_error)
 
 
 def test_progress_bar_reports_convergence(capsys):
