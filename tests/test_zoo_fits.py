@@ -7,9 +7,10 @@ group=G))`` with every default (``init_to_uniform``, "hessian", 8 draws, step
 0.5), ``G`` Dense for ``p <= 200`` and ``BlockUpperTriangular(8)`` above. The
 answer checked is the fit's fixed point: the mean and the factor averaged over
 the second half of the steps (the last iterate alone fluctuates around it by
-Monte-Carlo noise of ~0.1 sd at these settings), the factor in its canonical
-gauge (``group.canonical``: the Dense factor's Cholesky form; raw Dense factors
-rotate as they go, and their average's precision was up to 8% low on the LGCP).
+Monte-Carlo noise of ~0.1 sd at these settings), as ``run(key, None)`` averages
+them (:func:`ngvi.convergence.parameters`: the factor in its canonical gauge, the
+Dense factor's Cholesky form; raw Dense factors rotate as they go, and their
+average's precision was up to 8% low on the LGCP).
 
 The KL optimum is checked without the library, by its first-order conditions
 computed with plain autodiff at many draws from the fit ``q = N(mu, (B B^T)^-1)``
@@ -32,7 +33,7 @@ import numpy as np
 import pytest
 
 from fitting import potential, sd_errors
-from ngvi import NGVI, StructuredGaussian, groups, to_inference_data
+from ngvi import NGVI, StructuredGaussian, convergence, groups, to_inference_data
 from ngvi.models.reference import load_reference
 from test_zoo import WITH_REFERENCE
 
@@ -112,18 +113,19 @@ def averaged_fit(name):
     state = ngvi.init(jax.random.PRNGKey(0), **data)
     start = NUM_STEPS - NUM_STEPS // 2
 
+    parameters = functools.partial(convergence.parameters, group=guide.group)  # as run(key, None) averages them
+
     def step(carry, i):
         state, sums = carry
         state, _ = ngvi.update(state, **data)
         add = (i >= start).astype(state.vi_state.loc.dtype)
-        iterate = (state.vi_state.loc, guide.group.canonical(state.vi_state.factor))
-        sums = jax.tree.map(lambda s, x: s + add * x, sums, iterate)
+        sums = jax.tree.map(lambda s, x: s + add * x, sums, parameters(state.vi_state))
         return (state, sums), None
 
-    zeros = jax.tree.map(jnp.zeros_like, (state.vi_state.loc, state.vi_state.factor))
+    zeros = jax.tree.map(jnp.zeros_like, parameters(state.vi_state))
     (state, sums), _ = jax.jit(lambda c: jax.lax.scan(step, c, jnp.arange(NUM_STEPS)))((state, zeros))
-    loc, factor = jax.tree.map(lambda s: s / (NUM_STEPS // 2), sums)
-    return guide, state, data, np.asarray(loc), factor
+    averaged = jax.tree.map(lambda s: s / (NUM_STEPS // 2), sums)
+    return guide, state, data, np.asarray(averaged["loc"]), averaged["factor"]
 
 
 def pair_means(fn, loc, b, num_pairs, seed):
