@@ -27,7 +27,7 @@ from ngvi.gaussian import antithetic_normals, from_standard, log_prob_standard
 
 __all__ = [
     "Estimate", "ESTIMATORS", "resolve", "auto", "draw_weights", "sample_loss", "hessian", "stein", "gauss_newton", "zeroth_order", "gaussian_samples",
-    "hessian_curvature", "whitened_probes",
+    "hessian_curvature", "whitened_probes", "half_spread",
 ]
 
 
@@ -36,7 +36,12 @@ class Estimate(NamedTuple):
     made itself (its curvature operator counts the products it is asked for);
     ``num_dropped``: draws left out because ``l`` or its gradient was not finite
     there (:func:`draw_weights`); ``loss_se``: a standard error of ``loss``
-    (from the draws' spread, ignoring the antithetic pairing: an upper bound)."""
+    (from the draws' spread, ignoring the antithetic pairing: an upper bound).
+    ``spread``: ``(H_1 - H_2) / 2`` for the curvatures ``H_1``, ``H_2`` of the
+    two halves of the pairs (:func:`half_spread`), noise of the size of
+    ``curvature``'s own, which the step's noise correction reads
+    (:func:`ngvi.ngd.natural_gradient_step`); ``None`` where it would cost
+    products of its own."""
 
     loss: jax.Array
     loss_se: jax.Array
@@ -44,6 +49,7 @@ class Estimate(NamedTuple):
     curvature: Curvature
     num_grads: int
     num_dropped: jax.Array
+    spread: Curvature | None = None
 
 
 def gaussian_samples(key, group, loc, factor, num_samples):
@@ -71,17 +77,31 @@ def draw_weights(*per_draw):
     return kept / jnp.maximum(jnp.sum(kept), 1).astype(per_draw[0].dtype)
 
 
+def half_spread(weights):
+    """Signed weights ``s_n`` with ``sum_n s_n x_n = (xbar_1 - xbar_2) / 2``,
+    ``xbar_1`` and ``xbar_2`` the means under ``weights`` over the even and the
+    odd antithetic pairs: half the difference of two independent-looking
+    estimates from half the draws each, whose square has the full estimate's
+    variance as its mean. All zero unless both halves keep a pair."""
+    first = (jnp.arange(weights.shape[0]) // 2) % 2 == 0
+    tiny = jnp.finfo(weights.dtype).tiny
+    sum_first = jnp.sum(jnp.where(first, weights, 0.0))
+    sum_second = jnp.sum(weights) - sum_first
+    signed = jnp.where(first, weights / jnp.maximum(sum_first, tiny), -weights / jnp.maximum(sum_second, tiny))
+    return jnp.where((sum_first > 0) & (sum_second > 0), 0.5 * signed, 0.0)
+
+
 def _weighted_sum(weights, x):
     """``sum_n w_n x_n``, with the left-out draws' values (maybe not finite) read as 0."""
     shaped = weights.reshape((-1,) + (1,) * (x.ndim - 1))
-    return jnp.sum(shaped * jnp.where(shaped > 0, x, 0.0), axis=0)
+    return jnp.sum(shaped * jnp.where(shaped != 0, x, 0.0), axis=0)
 
 
-def _estimate(values, eps, weights, grad_loc, curvature, group, factor, gamma, num_grads=None):
+def _estimate(values, eps, weights, grad_loc, curvature, group, factor, gamma, num_grads=None, spread=None):
     loss, loss_se = sample_loss(values, eps, group, factor, gamma, weights)
     num_dropped = jnp.sum(weights == 0)
     num_grads = values.shape[0] if num_grads is None else num_grads
-    return Estimate(loss, loss_se, grad_loc, curvature, num_grads, num_dropped)
+    return Estimate(loss, loss_se, grad_loc, curvature, num_grads, num_dropped, spread)
 
 
 def sample_loss(values, eps, group, factor, gamma, weights=None):
@@ -124,8 +144,8 @@ def hessian(key, target, group, loc, factor, num_samples, gamma, probes=None, cu
     probe_pairs = None if probes is None else whitened_probes(probe_key, group, factor, probes)
     m = _check_curvature_samples(curvature_samples, num_samples)
     curvature_weights = weights[:m] / jnp.maximum(jnp.sum(weights[:m]), jnp.finfo(loc.dtype).tiny)
-    curvature = hessian_curvature(target.potential, z[:m], group, probe_pairs, curvature_weights)
-    return _estimate(values, eps, weights, _weighted_sum(weights, grads), curvature, group, factor, gamma)
+    curvature, spread = hessian_curvature(target.potential, z[:m], group, probe_pairs, curvature_weights, spread=True)
+    return _estimate(values, eps, weights, _weighted_sum(weights, grads), curvature, group, factor, gamma, spread=spread)
 
 
 def whitened_probes(key, group, factor, num_probes):
@@ -141,15 +161,23 @@ def whitened_probes(key, group, factor, num_probes):
     return jax.vmap(lambda v: group.matvec(factor, v))(r), jax.vmap(lambda v: group.rsolve(factor, v))(r)
 
 
-def hessian_curvature(fn, z, group, probes=None, weights=None):
+def hessian_curvature(fn, z, group, probes=None, weights=None, spread=False):
     """``H = sum_n w_n hess fn(z_n)`` (``w_n = 1 / n`` by default) as the operator
     ``group`` reads: a matrix (``p`` products per point) for a full-matrix group
     without ``probes``, otherwise products on demand (Hutchinson ``probes``, a
-    pair of ``(n, p)`` arrays, if given)."""
-    hvp, (num, dim) = _mean_hvp(fn, z, weights), z.shape
+    pair of ``(n, p)`` arrays, if given). With ``spread``, ``(H, spread)``: the
+    matrix's :func:`half_spread` from the same point Hessians (no further
+    products; ``None`` for products on demand, where it would double them)."""
+    num, dim = z.shape
+    weights = jnp.full((num,), 1.0 / num, z.dtype) if weights is None else weights
     if probes is None and group.dense_curvature:
-        return DenseCurvature(jax.vmap(hvp)(jnp.eye(dim, dtype=z.dtype)), num_grads=2 * num * dim)
-    return HessianCurvature(hvp, dim, z.dtype, probes, num_points=num)
+        grad = jax.grad(fn)
+        hessians = jax.vmap(lambda zi: jax.vmap(lambda v: jax.jvp(grad, (zi,), (v,))[1])(jnp.eye(dim, dtype=z.dtype)))(z)
+        curvature = DenseCurvature(_weighted_sum(weights, hessians), num_grads=2 * num * dim)
+        noise = DenseCurvature(_weighted_sum(half_spread(weights), hessians))
+    else:
+        curvature, noise = HessianCurvature(_mean_hvp(fn, z, weights), dim, z.dtype, probes, num_points=num), None
+    return (curvature, noise) if spread else curvature
 
 
 def _check_curvature_samples(curvature_samples, num_samples):
