@@ -1,8 +1,9 @@
 """Monte-Carlo estimators of the gradients the natural-gradient step needs.
 
 For ``q = N(mu, (B B^T)^-1)``, ``z = mu + B^-T eps`` with ``eps ~ N(0, I)`` drawn
-in antithetic pairs ``(eps, -eps)`` (adjacent) along orthogonal directions, each
-estimator returns (MATH.md sec. 3, 5)
+in antithetic pairs ``(eps, -eps)`` (adjacent), the pairs of each half along
+orthogonal directions and the two halves independent, each estimator returns
+(MATH.md sec. 3, 5)
 
 * ``loss``: ``L = E_q[l] + gamma E_q[log q]`` (the negative ELBO for ``gamma = 1``),
   as ``mean_n [l(z_n) + gamma log q(z_n)]`` (:func:`sample_loss`),
@@ -53,8 +54,8 @@ class Estimate(NamedTuple):
 
 
 def gaussian_samples(key, group, loc, factor, num_samples):
-    """Antithetic orthogonal ``eps`` (:func:`ngvi.gaussian.antithetic_normals`)
-    and ``z = mu + B^-T eps``."""
+    """Antithetic ``eps``, orthogonal within each half of the pairs
+    (:func:`ngvi.gaussian.antithetic_normals`), and ``z = mu + B^-T eps``."""
     eps = antithetic_normals(key, num_samples, loc.shape[-1], loc.dtype)
     return eps, from_standard(group, loc, factor, eps)
 
@@ -79,11 +80,13 @@ def draw_weights(*per_draw):
 
 def half_spread(weights):
     """Signed weights ``s_n`` with ``sum_n s_n x_n = (xbar_1 - xbar_2) / 2``,
-    ``xbar_1`` and ``xbar_2`` the means under ``weights`` over the even and the
-    odd antithetic pairs: half the difference of two independent-looking
-    estimates from half the draws each, whose square has the full estimate's
-    variance as its mean. All zero unless both halves keep a pair."""
-    first = (jnp.arange(weights.shape[0]) // 2) % 2 == 0
+    ``xbar_1`` and ``xbar_2`` the means under ``weights`` over the first and the
+    second half of the antithetic pairs, which :func:`gaussian_samples` draws
+    independently: half the difference of two independent estimates from half
+    the draws each, whose square has the full estimate's variance as its mean.
+    All zero unless both halves keep a pair."""
+    num_pairs = (weights.shape[0] + 1) // 2
+    first = jnp.arange(weights.shape[0]) // 2 < (num_pairs + 1) // 2
     tiny = jnp.finfo(weights.dtype).tiny
     sum_first = jnp.sum(jnp.where(first, weights, 0.0))
     sum_second = jnp.sum(weights) - sum_first
@@ -145,6 +148,7 @@ def hessian(key, target, group, loc, factor, num_samples, gamma, probes=None, cu
     m = _check_curvature_samples(curvature_samples, num_samples)
     curvature_weights = weights[:m] / jnp.maximum(jnp.sum(weights[:m]), jnp.finfo(loc.dtype).tiny)
     curvature, spread = hessian_curvature(target.potential, z[:m], group, probe_pairs, curvature_weights, spread=True)
+    spread = spread if m == num_samples else None  # the halves of the first m draws are not independent
     return _estimate(values, eps, weights, _weighted_sum(weights, grads), curvature, group, factor, gamma, spread=spread)
 
 
@@ -192,14 +196,16 @@ def _check_curvature_samples(curvature_samples, num_samples):
 
 def stein(key, target, group, loc, factor, num_samples, gamma):
     """Bonnet and Stein, gradients only: ``E[hess l] = E[S (z - mu) grad l(z)^T]``
-    with ``S (z - mu) = B eps``, so ``H = sym(mean_n (B eps_n) g_n^T)``."""
+    with ``S (z - mu) = B eps``, so ``H = sym(mean_n (B eps_n) g_n^T)``, and its
+    :func:`half_spread` from the same gradients."""
     eps, z = gaussian_samples(key, group, loc, factor, num_samples)
     values, grads = _values_and_grads(target.potential, z)
     weights = draw_weights(values, grads)
     b_eps = jax.vmap(lambda e: group.matvec(factor, e))(eps)
     kept_grads = jnp.where(weights[:, None] > 0, grads, 0.0)
     curvature = LowRankCurvature(b_eps * weights[:, None], kept_grads)
-    return _estimate(values, eps, weights, _weighted_sum(weights, grads), curvature, group, factor, gamma)
+    spread = LowRankCurvature(b_eps * half_spread(weights)[:, None], kept_grads)
+    return _estimate(values, eps, weights, _weighted_sum(weights, grads), curvature, group, factor, gamma, spread=spread)
 
 
 def gauss_newton(key, target, group, loc, factor, num_samples, gamma, probes=None):
