@@ -4,6 +4,10 @@ pure functions of ``(mu, B)``:
     B  <- B h(beta C ⊙ kappa(X)),      X = B^-1 E_q[hess l] B^-T - gamma I
     mu <- mu - beta S_new^-1 g_mu,     S_new = B_new B_new^T
 
+For the full-matrix groups, with an estimate of its own noise, the factor step
+is ``B (h(M) - Q(D))``: ``Q(D)`` takes out the second-order drift that the
+Monte-Carlo noise of ``M`` adds to the precision (:func:`_noise_correction`).
+
 The mean step uses the updated precision, as in VON and the Bayesian learning
 rule (it differs from using ``S`` by ``O(beta^2)``): once the precision has
 caught up with the curvature, the mean takes a full Newton-like step.
@@ -85,9 +89,9 @@ def _noise_correction(group, factor, estimate, step):
     """``Q(D)`` (:meth:`ngvi.groups.Group.noise_correction`), ``D`` the local step
     of ``estimate.spread`` scaled as ``M`` (``step`` times its natural direction,
     no ``gamma``) and bounded to spectral norm ``MAX_NOISE_NORM``; ``None`` where
-    the estimate or the group has none. ``E[D^2]`` is the variance of ``M``, so
-    ``B (h(M) - Q(D))`` has the expected precision ``B E[h(M)] E[h(M)]^T B^T``
-    to second order: without it, a constant step's fixed point sits where
+    the estimate or the group has none. ``E[D D^T]`` is the variance of ``M``,
+    so the expected precision after ``B (h(M) - Q(D))`` is the noise-free
+    ``B h(E[M]) h(E[M])^T B^T`` to second order: without it, a constant step's fixed point sits where
     ``E[X] = -beta E[X^2] / 2`` instead of ``E[X] = 0`` (docs/maths.md, "The step's
     noise"). Cost: a second ``local_gradient`` and ``O(p^3)`` for a full matrix."""
     if estimate.spread is None or not group.corrects_noise:
