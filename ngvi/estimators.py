@@ -1,9 +1,8 @@
 """Monte-Carlo estimators of the gradients the natural-gradient step needs.
 
 For ``q = N(mu, (B B^T)^-1)``, ``z = mu + B^-T eps`` with ``eps ~ N(0, I)`` drawn
-in antithetic pairs ``(eps, -eps)`` (adjacent), the pairs of each half along
-orthogonal directions and the two halves independent, each estimator returns
-(MATH.md sec. 3, 5)
+in antithetic pairs ``(eps, -eps)`` (adjacent) along orthogonal directions, each
+estimator returns (MATH.md sec. 3, 5)
 
 * ``loss``: ``L = E_q[l] + gamma E_q[log q]`` (the negative ELBO for ``gamma = 1``),
   as ``mean_n [l(z_n) + gamma log q(z_n)]`` (:func:`sample_loss`),
@@ -28,7 +27,7 @@ from ngvi.gaussian import antithetic_normals, from_standard, log_prob_standard
 
 __all__ = [
     "Estimate", "ESTIMATORS", "resolve", "auto", "draw_weights", "sample_loss", "hessian", "stein", "gauss_newton", "zeroth_order", "gaussian_samples",
-    "hessian_curvature", "whitened_probes", "half_spread",
+    "hessian_curvature", "whitened_probes",
 ]
 
 
@@ -37,12 +36,7 @@ class Estimate(NamedTuple):
     made itself (its curvature operator counts the products it is asked for);
     ``num_dropped``: draws left out because ``l`` or its gradient was not finite
     there (:func:`draw_weights`); ``loss_se``: a standard error of ``loss``
-    (from the draws' spread, ignoring the antithetic pairing: an upper bound).
-    ``spread``: ``(H_1 - H_2) / 2`` for the curvatures ``H_1``, ``H_2`` of the
-    two halves of the pairs (:func:`half_spread`), noise of the size of
-    ``curvature``'s own, which the step's noise correction reads
-    (:func:`ngvi.ngd.natural_gradient_step`); ``None`` where it would cost
-    products of its own."""
+    (from the draws' spread, ignoring the antithetic pairing: an upper bound)."""
 
     loss: jax.Array
     loss_se: jax.Array
@@ -50,12 +44,11 @@ class Estimate(NamedTuple):
     curvature: Curvature
     num_grads: int
     num_dropped: jax.Array
-    spread: Curvature | None = None
 
 
 def gaussian_samples(key, group, loc, factor, num_samples):
-    """Antithetic ``eps``, orthogonal within each half of the pairs
-    (:func:`ngvi.gaussian.antithetic_normals`), and ``z = mu + B^-T eps``."""
+    """Antithetic orthogonal ``eps`` (:func:`ngvi.gaussian.antithetic_normals`)
+    and ``z = mu + B^-T eps``."""
     eps = antithetic_normals(key, num_samples, loc.shape[-1], loc.dtype)
     return eps, from_standard(group, loc, factor, eps)
 
@@ -78,33 +71,17 @@ def draw_weights(*per_draw):
     return kept / jnp.maximum(jnp.sum(kept), 1).astype(per_draw[0].dtype)
 
 
-def half_spread(weights):
-    """Signed weights ``s_n`` with ``sum_n s_n x_n = (xbar_1 - xbar_2) / 2``,
-    ``xbar_1`` and ``xbar_2`` the means under ``weights`` over the first and the
-    second half of the antithetic pairs, which :func:`gaussian_samples` draws
-    independently: half the difference of two independent estimates from half
-    the draws each, whose square has the full estimate's variance as its mean.
-    All zero unless both halves keep a pair."""
-    num_pairs = (weights.shape[0] + 1) // 2
-    first = jnp.arange(weights.shape[0]) // 2 < (num_pairs + 1) // 2
-    tiny = jnp.finfo(weights.dtype).tiny
-    sum_first = jnp.sum(jnp.where(first, weights, 0.0))
-    sum_second = jnp.sum(weights) - sum_first
-    signed = jnp.where(first, weights / jnp.maximum(sum_first, tiny), -weights / jnp.maximum(sum_second, tiny))
-    return jnp.where((sum_first > 0) & (sum_second > 0), 0.5 * signed, 0.0)
-
-
 def _weighted_sum(weights, x):
     """``sum_n w_n x_n``, with the left-out draws' values (maybe not finite) read as 0."""
     shaped = weights.reshape((-1,) + (1,) * (x.ndim - 1))
-    return jnp.sum(shaped * jnp.where(shaped != 0, x, 0.0), axis=0)
+    return jnp.sum(shaped * jnp.where(shaped > 0, x, 0.0), axis=0)
 
 
-def _estimate(values, eps, weights, grad_loc, curvature, group, factor, gamma, num_grads=None, spread=None):
+def _estimate(values, eps, weights, grad_loc, curvature, group, factor, gamma, num_grads=None):
     loss, loss_se = sample_loss(values, eps, group, factor, gamma, weights)
     num_dropped = jnp.sum(weights == 0)
     num_grads = values.shape[0] if num_grads is None else num_grads
-    return Estimate(loss, loss_se, grad_loc, curvature, num_grads, num_dropped, spread)
+    return Estimate(loss, loss_se, grad_loc, curvature, num_grads, num_dropped)
 
 
 def sample_loss(values, eps, group, factor, gamma, weights=None):
@@ -147,9 +124,8 @@ def hessian(key, target, group, loc, factor, num_samples, gamma, probes=None, cu
     probe_pairs = None if probes is None else whitened_probes(probe_key, group, factor, probes)
     m = _check_curvature_samples(curvature_samples, num_samples)
     curvature_weights = weights[:m] / jnp.maximum(jnp.sum(weights[:m]), jnp.finfo(loc.dtype).tiny)
-    curvature, spread = hessian_curvature(target.potential, z[:m], group, probe_pairs, curvature_weights, spread=True)
-    spread = spread if m == num_samples else None  # the halves of the first m draws are not independent
-    return _estimate(values, eps, weights, _weighted_sum(weights, grads), curvature, group, factor, gamma, spread=spread)
+    curvature = hessian_curvature(target.potential, z[:m], group, probe_pairs, curvature_weights)
+    return _estimate(values, eps, weights, _weighted_sum(weights, grads), curvature, group, factor, gamma)
 
 
 def whitened_probes(key, group, factor, num_probes):
@@ -165,23 +141,15 @@ def whitened_probes(key, group, factor, num_probes):
     return jax.vmap(lambda v: group.matvec(factor, v))(r), jax.vmap(lambda v: group.rsolve(factor, v))(r)
 
 
-def hessian_curvature(fn, z, group, probes=None, weights=None, spread=False):
+def hessian_curvature(fn, z, group, probes=None, weights=None):
     """``H = sum_n w_n hess fn(z_n)`` (``w_n = 1 / n`` by default) as the operator
     ``group`` reads: a matrix (``p`` products per point) for a full-matrix group
     without ``probes``, otherwise products on demand (Hutchinson ``probes``, a
-    pair of ``(n, p)`` arrays, if given). With ``spread``, ``(H, spread)``: the
-    matrix's :func:`half_spread` from the same point Hessians (no further
-    products; ``None`` for products on demand, where it would double them)."""
-    num, dim = z.shape
-    weights = jnp.full((num,), 1.0 / num, z.dtype) if weights is None else weights
+    pair of ``(n, p)`` arrays, if given)."""
+    hvp, (num, dim) = _mean_hvp(fn, z, weights), z.shape
     if probes is None and group.dense_curvature:
-        grad = jax.grad(fn)
-        hessians = jax.vmap(lambda zi: jax.vmap(lambda v: jax.jvp(grad, (zi,), (v,))[1])(jnp.eye(dim, dtype=z.dtype)))(z)
-        curvature = DenseCurvature(_weighted_sum(weights, hessians), num_grads=2 * num * dim)
-        noise = DenseCurvature(_weighted_sum(half_spread(weights), hessians))
-    else:
-        curvature, noise = HessianCurvature(_mean_hvp(fn, z, weights), dim, z.dtype, probes, num_points=num), None
-    return (curvature, noise) if spread else curvature
+        return DenseCurvature(jax.vmap(hvp)(jnp.eye(dim, dtype=z.dtype)), num_grads=2 * num * dim)
+    return HessianCurvature(hvp, dim, z.dtype, probes, num_points=num)
 
 
 def _check_curvature_samples(curvature_samples, num_samples):
@@ -196,16 +164,14 @@ def _check_curvature_samples(curvature_samples, num_samples):
 
 def stein(key, target, group, loc, factor, num_samples, gamma):
     """Bonnet and Stein, gradients only: ``E[hess l] = E[S (z - mu) grad l(z)^T]``
-    with ``S (z - mu) = B eps``, so ``H = sym(mean_n (B eps_n) g_n^T)``, and its
-    :func:`half_spread` from the same gradients."""
+    with ``S (z - mu) = B eps``, so ``H = sym(mean_n (B eps_n) g_n^T)``."""
     eps, z = gaussian_samples(key, group, loc, factor, num_samples)
     values, grads = _values_and_grads(target.potential, z)
     weights = draw_weights(values, grads)
     b_eps = jax.vmap(lambda e: group.matvec(factor, e))(eps)
     kept_grads = jnp.where(weights[:, None] > 0, grads, 0.0)
     curvature = LowRankCurvature(b_eps * weights[:, None], kept_grads)
-    spread = LowRankCurvature(b_eps * half_spread(weights)[:, None], kept_grads)
-    return _estimate(values, eps, weights, _weighted_sum(weights, grads), curvature, group, factor, gamma, spread=spread)
+    return _estimate(values, eps, weights, _weighted_sum(weights, grads), curvature, group, factor, gamma)
 
 
 def gauss_newton(key, target, group, loc, factor, num_samples, gamma, probes=None):

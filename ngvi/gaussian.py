@@ -84,12 +84,7 @@ def _orthonormal_rows(g):
 
 
 def antithetic_normals(key, num, dim, dtype):
-    """``num`` standard normal draws in antithetic pairs ``eps_2i, eps_2i+1 = -eps_2i``;
-    the directions of the first and of the second half of the pairs orthogonal
-    within each half (:func:`orthogonal_normals`), the halves independent, so that
-    the halves' estimates are independent (:func:`ngvi.estimators.half_spread`)."""
-    num_pairs = (num + 1) // 2
-    first = (num_pairs + 1) // 2
-    halves = zip(jax.random.split(key), (first, num_pairs - first))
-    directions = jnp.concatenate([orthogonal_normals(k, n, dim, dtype) for k, n in halves if n > 0])
-    return jnp.stack([directions, -directions], axis=1).reshape(-1, dim)[:num]
+    """``num`` standard normal draws in antithetic pairs ``eps_2i, eps_2i+1 = -eps_2i``,
+    the pairs' directions orthogonal (:func:`orthogonal_normals`)."""
+    half = orthogonal_normals(key, (num + 1) // 2, dim, dtype)
+    return jnp.stack([half, -half], axis=1).reshape(-1, dim)[:num]

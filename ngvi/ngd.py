@@ -4,10 +4,6 @@ pure functions of ``(mu, B)``:
     B  <- B h(beta C ⊙ kappa(X)),      X = B^-1 E_q[hess l] B^-T - gamma I
     mu <- mu - beta S_new^-1 g_mu,     S_new = B_new B_new^T
 
-For the full-matrix groups, with an estimate of its own noise, the factor step
-is ``B (h(M) - Q(D))``: ``Q(D)`` takes out the second-order drift that the
-Monte-Carlo noise of ``M`` adds to the precision (:func:`_noise_correction`).
-
 The mean step uses the updated precision, as in VON and the Bayesian learning
 rule (it differs from using ``S`` by ``O(beta^2)``): once the precision has
 caught up with the curvature, the mean takes a full Newton-like step.
@@ -81,26 +77,6 @@ def _factor_line_minimiser(key, group, factor, curvature, direction, num_probes)
     return jnp.where(second > 0, first / jnp.where(second > 0, second, 1.0), jnp.inf)
 
 
-# The largest spectral norm of the step's noise estimate D: it keeps h(M) - Q(D) invertible.
-MAX_NOISE_NORM = 0.5
-
-
-def _noise_correction(group, factor, estimate, step):
-    """``Q(D)`` (:meth:`ngvi.groups.Group.noise_correction`), ``D`` the local step
-    of ``estimate.spread`` scaled as ``M`` (``step`` times its natural direction,
-    no ``gamma``) and bounded to spectral norm ``MAX_NOISE_NORM``; ``None`` where
-    the estimate or the group has none. ``E[D D^T]`` is the variance of ``M``,
-    so the expected precision after ``B (h(M) - Q(D))`` is the noise-free
-    ``B h(E[M]) h(E[M])^T B^T`` to second order: without it, a constant step's fixed point sits where
-    ``E[X] = -beta E[X^2] / 2`` instead of ``E[X] = 0`` (docs/maths.md, "The step's
-    noise"). Cost: a second ``local_gradient`` and ``O(p^3)`` for a full matrix."""
-    if estimate.spread is None or not group.corrects_noise:
-        return None
-    noise = group.natural_direction(group.local_gradient(factor, estimate.spread, 0.0))
-    scale = step * _clip(step * group.spectral_norm(noise), MAX_NOISE_NORM)
-    return group.noise_correction(jax.tree.map(lambda d: scale * d, noise))
-
-
 def natural_gradient_step(
     key,
     group,
@@ -128,7 +104,7 @@ def natural_gradient_step(
     factor_norm = factor_step * group.spectral_norm(direction)
     factor_scale = _clip(factor_norm, trust_radius)
     scaled = jax.tree.map(lambda m: (factor_scale * factor_step) * m, direction)
-    new_factor = group.retract(factor, scaled, _noise_correction(group, factor, estimate, factor_scale * factor_step))
+    new_factor = group.retract(factor, scaled)
     direction_loc = group.rsolve(new_factor, group.solve(new_factor, estimate.grad_loc))  # S_new^-1 g_mu
     loc_step = jnp.minimum(step_size, _line_minimiser(estimate, direction_loc))
     loc_norm = loc_step * jnp.linalg.norm(group.rmatvec(new_factor, direction_loc))

@@ -155,19 +155,9 @@ class Group(abc.ABC):
         eye = self.identity(self.dim(m), jax.tree.leaves(m)[0].dtype)
         return tree_axpy(0.5, self.mul(m, m), tree_axpy(1.0, m, eye))
 
-    def retract(self, b, m, correction=None):
-        """``B h(M)``, or ``B (h(M) - Q)`` with ``Q`` a :meth:`noise_correction`."""
-        step = self.h(m) if correction is None else tree_axpy(-1.0, correction, self.h(m))
-        return self.mul(b, step)
-
-    corrects_noise: bool = False
-    """True when :meth:`noise_correction` is implemented."""
-
-    def noise_correction(self, d):
-        """``Q`` in ``m`` with ``Q + Q^T`` the second-order term that noise ``D``
-        of the local step ``M`` adds to ``h(M) h(M)^T`` in expectation
-        (docs/maths.md, "The step's noise")."""
-        raise NotImplementedError(f"{self!r} has no noise correction.")
+    def retract(self, b, m):
+        """``B h(M)``."""
+        return self.mul(b, self.h(m))
 
     def canonical(self, b):
         """The representative of ``B`` that averages of iterates use: ``B Q``

@@ -44,15 +44,6 @@ class _MatrixGroup(Group):
     def fisher_norm_sq(self, m):
         return 0.5 * jnp.sum((m.matrix + m.matrix.T) ** 2)
 
-    corrects_noise = True
-
-    def noise_correction(self, d):
-        """``Q = C ⊙ kappa(N)``, ``N = D D^T + (D^2 + D^T^2) / 2`` (so ``Q + Q^T = N``;
-        ``Q = D^2`` for Dense): ``h(M) h(M)^T = I + M + M^T + N(M) + O(M^3)``, and
-        noise ``D`` in ``M`` adds ``E[N(D)]`` to it. ``O(p^3)``."""
-        d2 = d.matrix @ d.matrix
-        return self.natural_direction(MatrixFactor(d.matrix @ d.matrix.T + 0.5 * (d2 + d2.T)))
-
 
 class Dense(_MatrixGroup):
     """GL(p) with the symmetric sub-algebra: ``C ⊙ kappa(X) = X / 2`` (MATH.md sec. 3).
