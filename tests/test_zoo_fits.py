@@ -10,7 +10,10 @@ the second half of the steps (the last iterate alone fluctuates around it by
 Monte-Carlo noise of ~0.1 sd at these settings), as ``run(key, None)`` averages
 them (:func:`ngvi.convergence.parameters`: the factor in its canonical gauge, the
 Dense factor's Cholesky form; raw Dense factors rotate as they go, and their
-average's precision was up to 8% low on the LGCP).
+average's precision was up to 8% low on the LGCP). A constant step's average
+sits ``O(beta)`` off the optimum (docs/maths.md, "The step's noise"); where that
+exceeds the tolerance and ``run(key, None)`` is affordable (``CONVERGED``), the
+answer checked is ``run(key, None)``'s, which halves the step to remove it.
 
 The KL optimum is checked without the library, by its first-order conditions
 computed with plain autodiff at many draws from the fit ``q = N(mu, (B B^T)^-1)``
@@ -69,6 +72,14 @@ KNOWN_MISSES = {
                             "seeds 0 and 1 (se 0.01-0.03), with 2-3 of 200 steps rejected: the local scales' "
                             "heavy tails under q",
 }
+
+
+# Checked at the answer of run(key, None) instead of the 200-step average: the
+# constant step's O(beta) bias (docs/maths.md, "The step's noise") puts the
+# average's sd step at 0.107 (se 0.009) on logit(phi), above the tolerance;
+# run(key, None) halves the step once stationary and converges in 1,200 steps
+# (33 s) to 0.033 sd and 1.7% (se 0.009, 0.012).
+CONVERGED = {"stochastic_volatility"}
 
 
 # The costliest fits, in tests/test_zoo_fits_large.py so that the two test
@@ -136,6 +147,16 @@ def averaged_fit(name, seed=0):
     return guide, state, data, np.asarray(averaged["loc"]), averaged["factor"]
 
 
+def converged_fit(name):
+    """``run(key, None)`` on model ``name`` with every default but the group:
+    ``(guide, state, data, loc, factor)`` of its answer (a window average)."""
+    module, data, guide = guide_at_test_size(name)
+    result = NGVI(module.model, guide).run(jax.random.PRNGKey(0), None, progress_bar=False, **data)
+    assert result.converged, (name, result.stop_reason, int(result.state.vi_state.step))
+    answer = convergence.parameters(result.state.vi_state, guide.group)
+    return guide, result.state, data, np.asarray(answer["loc"]), answer["factor"]
+
+
 def noise_bound(p, tol):
     """The standard error below which the largest of ``p`` Monte-Carlo errors
     stays below ``tol / 2`` with probability 0.995 (Bonferroni over ``p``)."""
@@ -195,10 +216,10 @@ def optimality(guide, data, loc, factor):
 def check_kl_optimum(name):
     """The default fit of ``name`` is finite, rejects at most 5% of its steps and
     meets the KL optimum's first-order conditions (module docstring)."""
-    guide, state, data, loc, factor = averaged_fit(name)
+    guide, state, data, loc, factor = converged_fit(name) if name in CONVERGED else averaged_fit(name)
     p = loc.size
     assert np.all(np.isfinite(loc)) and all(np.all(np.isfinite(f)) for f in jax.tree.leaves(factor))
-    assert int(state.num_rejected) <= NUM_STEPS // 20, int(state.num_rejected)
+    assert int(state.num_rejected) <= int(state.vi_state.step) // 20, int(state.num_rejected)
     newton, sd_change, newton_se, sd_se = optimality(guide, data, loc, factor)
     print(f"{name} (p = {p}, {guide.group}): Newton step max {np.abs(newton).max():.3f} sd "
           f"(se {newton_se.max():.3f}), sd step max {np.abs(sd_change).max():.3f} (se {sd_se.max():.3f}), "
