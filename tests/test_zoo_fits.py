@@ -243,6 +243,22 @@ def test_default_fit_is_at_the_kl_optimum(name):
 
 
 @pytest.mark.slow
+def test_the_check_sees_a_miss_of_its_tolerance():
+    """At the logistic regression's fit, every sd 18% small (precision x1.5) gives an
+    sd step of about 0.17, and one mean 0.25 sd off a Newton step of about 0.25:
+    both above the tolerances, while the fit itself is well inside them."""
+    guide, _, data, loc, factor = averaged_fit("logistic_regression")
+    newton, sd_change, _, _ = optimality(guide, data, loc, factor)
+    assert np.abs(newton).max() < MEAN_TOL / 2 and np.abs(sd_change).max() < SD_TOL / 2
+    sharper = jax.tree.map(lambda f: np.sqrt(1.5) * f, factor)
+    _, sd_change, _, _ = optimality(guide, data, loc, sharper)
+    np.testing.assert_allclose(np.abs(sd_change).max(), 1 / 6, rtol=0.25)
+    sd = np.sqrt(np.diag(np.linalg.inv(np.asarray(guide.group.to_dense(factor) @ guide.group.to_dense(factor).T))))
+    newton, _, _, _ = optimality(guide, data, loc + 0.25 * sd * np.eye(loc.size)[0], factor)
+    np.testing.assert_allclose(np.abs(newton).max(), 0.25, rtol=0.25)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(NEAR_GAUSSIAN | FAR_FROM_GAUSSIAN))
 def test_default_fit_against_nuts(name):
     """Near-Gaussian posteriors: within 0.1 NUTS sd and 10% of NUTS. The funnel:
