@@ -27,14 +27,19 @@ structured products (``O(its structure)``).
 
 The standard errors come from batch means: the iterates are averaged over
 batches of at least ``BATCH_DECORRELATIONS / beta`` steps (a step of size
-``beta`` forgets the previous iterate at rate ``beta``, so batch means of that
-length are nearly independent), and the spread of consecutive batch means
-gives the noise of one batch mean. A window is ``2 m`` batches; while it is
-stationary but not yet precise, it doubles in steps (first by halving the step
-size, which also shrinks the constant step's bias, then by doubling ``m``; its
-second half starts the next window), so the run spends its steps on averaging
-only once it has stopped moving, and a transient leaves the average within
-two windows.
+``beta`` forgets the previous iterate at rate ``beta`` along the directions its
+preconditioner fits), and the spread of consecutive batch means gives the
+noise of one batch mean. A window is ``2 m`` batches; while it is stationary
+but not yet precise, it doubles (first by halving the step size, which also
+shrinks the constant step's bias, then by doubling the batches' length, so that
+batch means stay uncorrelated however slowly the iterates mix; its second half
+starts the next window), so the run spends its steps on averaging only once it
+has stopped moving, and a transient leaves the average within two windows.
+Where the posterior has a direction the step forgets slowly (a funnel's
+scale: ~80 times slower than ``beta``), batch means of ``4 / beta`` steps are
+correlated, their spread understates the noise and the halves keep differing
+by more than it; a window that is still moving at a second check in a row,
+with its drift not halved since the first, doubles its batches' length too.
 """
 
 import math
@@ -56,6 +61,9 @@ BATCH_DECORRELATIONS, MIN_HALF, DRIFT_Z, NUM_PROBES = 4.0, 4, 3.0, 8
 # a constant step the iterates' mean sits O(beta) off the fixed point (the
 # noise's second-order effect), which averaging alone does not remove.
 MIN_STEP_SCALE = 1.0 / 16
+# A run may stop above the smallest step only with its standard error below
+# EARLY_SE of the tolerance's.
+EARLY_SE = 0.25
 
 
 def parameters(vi_state, group):
@@ -101,9 +109,10 @@ def shift(group, a, b):
     return jnp.max(mean), jnp.max(scale), weights
 
 
-def batch_length(step_size, chunk):
-    """Chunks of ``chunk`` steps per batch at step size ``step_size``: at least ``BATCH_DECORRELATIONS / beta`` steps."""
-    return max(1, math.ceil(BATCH_DECORRELATIONS / (max(step_size, 1e-6) * chunk)))
+def batch_length(step_size, chunk, batch_scale=1):
+    """Chunks of ``chunk`` steps per batch at step size ``step_size``: at least
+    ``batch_scale * BATCH_DECORRELATIONS / beta`` steps."""
+    return max(1, math.ceil(batch_scale * BATCH_DECORRELATIONS / (max(step_size, 1e-6) * chunk)))
 
 
 class Window(NamedTuple):
@@ -112,7 +121,10 @@ class Window(NamedTuple):
     complete); ``current`` the running average of the half being filled
     (``filled`` batches so far); ``last_batch`` the previous batch mean;
     ``noise`` the squared shifts of consecutive batch means (mean, scale,
-    weight); ``step_scale`` the factor the run's step size is scaled by."""
+    weight); ``step_scale`` the factor the run's step size is scaled by and
+    ``first_scale`` the one the first half ran at; ``batch_scale`` the factor
+    the batches' length is scaled by; ``last_drift`` the drift of the previous
+    check if it found the window moving, else ``None``."""
 
     half: int
     first: Any
@@ -121,6 +133,9 @@ class Window(NamedTuple):
     last_batch: Any
     noise: tuple
     step_scale: float = 1.0
+    first_scale: float = 1.0
+    batch_scale: int = 1
+    last_drift: Any = None
 
 
 def new_window():
@@ -173,24 +188,38 @@ def add_batch(window, batch, shift_fn, tol, p):
 def _check(window, shift_fn, rms_tol):
     """Compare the halves, with the noise of a batch mean from the second
     half's consecutive batches (the first may hold the end of a transient).
-    Stationary but not precise: the window doubles in steps, by halving the
-    step scale (batches of ``BATCH_DECORRELATIONS / beta`` steps get twice as
-    long) down to ``MIN_STEP_SCALE`` and by doubling its batches after, and
+
+    Stationary: if not yet converged, the window doubles, by halving the step
+    scale (batches of ``BATCH_DECORRELATIONS / beta`` steps get twice as long)
+    down to ``MIN_STEP_SCALE`` and by doubling the batches' length after; it
     keeps its second half as the start of its new first half (dropping the
-    older half, which may still hold the transient); moving: it slides by a half."""
+    older half, which may still hold the transient). Moving: it slides by a
+    half, and doubles its batches' length if it was moving at the previous
+    check too with a drift not halved since (slow mixing, not a transient)."""
     half, pairs = window.half, window.noise[-(window.half - 1):]
     batch_var = [sum(pair[i] for pair in pairs) / (2 * len(pairs)) for i in range(3)]  # E|shift|^2 = 2 var
     half_se = [math.sqrt(v / half) for v in batch_var]
     drift = [float(d) for d in shift_fn(window.first, window.current)]
     stationary = all(d <= max(DRIFT_Z * math.sqrt(2.0) * s, rms_tol) for d, s in zip(drift, half_se))
     se = max(half_se) / math.sqrt(2.0)
-    # Converged: the halves, of which the second ran at half the step size,
-    # agree to within the tolerance (the bias of the larger step is gone) and
-    # the average is precise.
-    converged = stationary and window.step_scale < 1.0 and max(drift) <= rms_tol and se <= rms_tol
+    # Converged: stationary, precise and unbiased: both halves at the smallest
+    # step (their drift is then noise alone), or, right after a halving, halves
+    # that agree to within the tolerance (the larger step's bias is gone) and
+    # an error far below it (a fit with next to no Monte-Carlo noise, as on an
+    # in-family target: where the iterates mix slowly, a short window's batch
+    # means understate the noise, and halves agree by chance).
+    halved = window.step_scale < window.first_scale
+    at_floor = window.first_scale == window.step_scale == MIN_STEP_SCALE
+    precise = se <= rms_tol and (at_floor or (halved and max(drift) <= rms_tol and se <= EARLY_SE * rms_tol))
+    converged = stationary and precise
     check = Check(max(drift), se, stationary, converged, average(window.first, window.current, 0.5))
+    slide = dict(first=window.current, current=None, filled=0, first_scale=window.step_scale)
     if stationary:
         if window.step_scale > MIN_STEP_SCALE:
-            return window._replace(step_scale=window.step_scale / 2, first=window.current, current=None, filled=0), check
-        return window._replace(half=2 * half, first=None, filled=half), check
-    return window._replace(first=window.current, current=None, filled=0), check
+            return window._replace(step_scale=window.step_scale / 2, last_drift=None, **slide), check
+        # The second half's batches count as half as many of twice the length.
+        doubled = dict(first=None, filled=half // 2, first_scale=window.step_scale, last_drift=None)
+        return window._replace(batch_scale=2 * window.batch_scale, **doubled), check
+    slow = window.last_drift is not None and max(drift) > window.last_drift / 2
+    batch_scale = 2 * window.batch_scale if slow else window.batch_scale
+    return window._replace(batch_scale=batch_scale, last_drift=None if slow else max(drift), **slide), check

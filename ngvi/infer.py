@@ -265,7 +265,7 @@ class NGVI:
         with tqdm(total=self.max_steps, disable=not progress_bar) as bar:
             while done < self.max_steps and not (check and check.converged):
                 beta = window.step_scale * _step_size(self.step_size, state)
-                num_chunks = min(convergence.batch_length(beta, CHUNK), -(-(self.max_steps - done) // CHUNK))
+                num_chunks = min(convergence.batch_length(beta, CHUNK, window.batch_scale), -(-(self.max_steps - done) // CHUNK))
                 batch = None
                 for i in range(num_chunks):
                     num = min(CHUNK, self.max_steps - done)
