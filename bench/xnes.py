@@ -44,7 +44,8 @@ def xnes(f, dim, population_size=None):
     def init(mean, sigma):
         mean = jnp.asarray(mean, jnp.result_type(float))
         eye = jnp.eye(dim, dtype=mean.dtype)
-        return XNESState(mean, jnp.asarray(sigma, mean.dtype), eye, jnp.asarray(jnp.inf, mean.dtype), jnp.zeros((), jnp.int32))
+        inf = jnp.asarray(jnp.inf, mean.dtype)
+        return XNESState(mean, jnp.asarray(sigma, mean.dtype), eye, inf, jnp.zeros((), jnp.int32))
 
     def step(key, state):
         s = jax.random.normal(key, (n, dim), state.mean.dtype)

@@ -111,7 +111,8 @@ def _check_start(group, mean, scale):
         if mean.ndim != 1:
             raise ValueError(f"structured_es needs a flat start vector (shape (p,)), got shape {mean.shape}.")
         if not np.all(np.isfinite(mean)):
-            raise ValueError(f"structured_es needs a finite start; the mean has non-finite entries at {np.flatnonzero(~np.isfinite(mean)).tolist()}.")
+            bad = np.flatnonzero(~np.isfinite(mean)).tolist()
+            raise ValueError(f"structured_es needs a finite start; the mean has non-finite entries at {bad}.")
     if not isinstance(scale, jax.core.Tracer) and not (np.isfinite(scale) and scale > 0):
         raise ValueError(f"structured_es needs a finite scale > 0, got scale={scale}.")
     group.check(mean.shape[0])
