@@ -27,6 +27,7 @@ from ngvi.gaussian import antithetic_normals, from_standard, log_prob_standard
 
 __all__ = [
     "Estimate", "ESTIMATORS", "resolve", "auto", "draw_weights", "sample_loss", "hessian", "stein", "gauss_newton", "zeroth_order", "gaussian_samples",
+    "baseline_coefficients", "zeroth_order_estimate",
     "hessian_curvature", "whitened_probes",
 ]
 
@@ -207,18 +208,32 @@ def gauss_newton(key, target, group, loc, factor, num_samples, gamma, probes=Non
     return _estimate(values, eps, weights, _weighted_sum(weights, grads), curvature, group, factor, gamma, num_grads)
 
 
+def baseline_coefficients(values, weights):
+    """``c_n = w_n (l_n - lbar)``, ``lbar = sum_n w_n l_n``: the values with the
+    mean as baseline (0 on the left-out draws), so that ``sum_n c_n = 0``."""
+    return jnp.where(weights > 0, weights * (values - _weighted_sum(weights, values)), 0.0)
+
+
+def zeroth_order_estimate(group, factor, eps, values, weights, coefficients, gamma):
+    """The zeroth-order estimate from the draws' values and coefficients ``c_n``
+    with ``sum_n c_n = 0`` (a baseline, :func:`baseline_coefficients`, or shaped
+    fitness): ``g_mu = sum_n c_n B eps_n``, ``H = sym(sum_n c_n (B eps_n)(B eps_n)^T)``;
+    the ``-S`` term of ``E[(B eps eps^T B^T - S) l]`` vanishes because the
+    coefficients sum to zero. Cost: one product with ``B`` per draw."""
+    b_eps = jax.vmap(lambda e: group.matvec(factor, e))(eps)
+    weighted = b_eps * coefficients[:, None]
+    curvature = LowRankCurvature(weighted, b_eps)
+    return _estimate(values, eps, weights, jnp.sum(weighted, axis=0), curvature, group, factor, gamma)
+
+
 def zeroth_order(key, target, group, loc, factor, num_samples, gamma):
     """Log-density values only (evolution strategies), with the mean as baseline:
-    ``g_mu = E[B eps (l - lbar)]`` and ``H = E[(B eps eps^T B^T - S)(l - lbar)]``;
-    the ``S`` term vanishes because the centred values sum to zero."""
+    ``g_mu = E[B eps (l - lbar)]`` and ``H = E[(B eps eps^T B^T - S)(l - lbar)]``
+    (:func:`zeroth_order_estimate`)."""
     eps, z = gaussian_samples(key, group, loc, factor, num_samples)
     values = jax.vmap(target.potential)(z)
     weights = draw_weights(values)
-    centred = jnp.where(weights > 0, values - _weighted_sum(weights, values), 0.0)
-    b_eps = jax.vmap(lambda e: group.matvec(factor, e))(eps)
-    weighted = b_eps * (weights * centred)[:, None]
-    curvature = LowRankCurvature(weighted, b_eps)
-    return _estimate(values, eps, weights, jnp.sum(weighted, axis=0), curvature, group, factor, gamma)
+    return zeroth_order_estimate(group, factor, eps, values, weights, baseline_coefficients(values, weights), gamma)
 
 
 # The "auto" estimator's Hutchinson probes, and the dimension up to which it
