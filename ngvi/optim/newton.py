@@ -24,7 +24,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ngvi.estimators import AUTO_EXACT_DIM, Estimate, hessian_curvature, whitened_probes
+from ngvi.estimators import AUTO_EXACT_DIM, AUTO_PROBES, Estimate, hessian_curvature, whitened_probes
 from ngvi.groups import Dense
 from ngvi.ngd import is_finite, natural_gradient_step
 from ngvi.vi.base import keep_if, step_size_at
@@ -110,7 +110,8 @@ def init(params, loss_fn, group, scale=1.0, factor=None):
     group.check(params.shape[0])
     out = jax.eval_shape(loss_fn, params)
     if getattr(out, "shape", None) != ():
-        raise ValueError(f"loss_fn must return a scalar, got {getattr(out, 'shape', type(out))} at params of shape {params.shape}.")
+        shape = getattr(out, "shape", type(out))
+        raise ValueError(f"loss_fn must return a scalar, got {shape} at params of shape {params.shape}.")
     loss, grad = jax.value_and_grad(loss_fn)(params)
     if not (jnp.isfinite(loss) and jnp.all(jnp.isfinite(grad))):
         raise ValueError(f"loss_fn or its gradient is not finite at the start (loss {loss}); start elsewhere.")
@@ -121,10 +122,10 @@ def init(params, loss_fn, group, scale=1.0, factor=None):
 
 def _probes(group, p, num_probes):
     """``num_probes``, with ``"auto"`` as in :func:`ngvi.estimators.auto`: exact
-    (``None``) for a full-matrix group or ``p <= 128``, else 4 whitened probes."""
+    (``None``) for a full-matrix group or ``p <= 128``, else ``AUTO_PROBES = 4`` whitened probes."""
     if num_probes != "auto":
         return num_probes
-    return None if group.dense_curvature or p <= AUTO_EXACT_DIM else 4
+    return None if group.dense_curvature or p <= AUTO_EXACT_DIM else AUTO_PROBES
 
 
 def update(
@@ -169,8 +170,10 @@ def update(
     )
     loss, grad = jax.value_and_grad(loss_fn)(loc)
     accept = is_finite(loc, factor, loss, grad) & (loss <= state.loss)
-    loc, factor, loss, grad = keep_if(accept, (loc, factor, loss, grad), (state.params, state.factor, state.loss, state.grad))
-    radius = jnp.where(accept, jnp.minimum(1.0, RADIUS_GROWTH * state.radius), jnp.maximum(MIN_RADIUS, 0.5 * state.radius))
+    new, old = (loc, factor, loss, grad), (state.params, state.factor, state.loss, state.grad)
+    loc, factor, loss, grad = keep_if(accept, new, old)
+    grown, shrunk = jnp.minimum(1.0, RADIUS_GROWTH * state.radius), jnp.maximum(MIN_RADIUS, 0.5 * state.radius)
+    radius = jnp.where(accept, grown, shrunk)
     new_state = StructuredNewtonState(loc, factor, loss, grad, state.count + 1, radius.astype(dtype))
     num_hvp = curvature.num_grads // 2
     counts = jnp.asarray(num_hvp, jnp.int32), jnp.asarray(1 + 2 * num_hvp, jnp.int32)
