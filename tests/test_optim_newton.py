@@ -37,13 +37,13 @@ def test_dense_quadratic_one_step():
     assert jnp.all(jnp.diff(result.losses) <= 0)
 
 
-def _block_upper_element(key, p, k):
-    """``R^T`` in BlockUpperTriangular(k): a well-conditioned head, a free cross block, a positive diagonal."""
-    k1, k2, k3 = jax.random.split(key, 3)
-    head = jnp.eye(k) + 0.3 * jax.random.normal(k1, (k, k), jnp.float64)
-    cross = 0.5 * jax.random.normal(k2, (k, p - k), jnp.float64)
-    diag = jnp.exp(0.5 * jax.random.normal(k3, (p - k,), jnp.float64))
-    return groups.block.BlockUpperFactor(head, cross, diag)
+def _group_element(group, key, p):
+    """``R^T = h(M)`` in the group for a random ``M`` of the sub-algebra's storage, scaled to 0.3
+    (``h(M)`` is invertible: its eigenvalues ``1 + l + l^2 / 2`` stay near 1)."""
+    leaves, tree = jax.tree.flatten(group.identity(p, jnp.float64))
+    keys = jax.random.split(key, len(leaves))
+    m = jax.tree.unflatten(tree, [0.3 * jax.random.normal(k, x.shape, jnp.float64) for k, x in zip(keys, leaves)])
+    return group.h(m)
 
 
 def _bfgs_iterates(fn, x0, num):
@@ -56,13 +56,18 @@ def _bfgs_iterates(fn, x0, num):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("num_probes", [None, 3])
-def test_invariance_under_group_reparameterisation(num_probes):
+@pytest.mark.parametrize(
+    "group, num_probes",
+    [(groups.BlockUpperTriangular(2), None), (groups.BlockUpperTriangular(2), 3), (groups.BlockLowerTriangular(2), None),
+     (groups.Hierarchical(1, 2), None)],
+)
+def test_invariance_under_group_reparameterisation(group, num_probes):
     """``l_y(y) = l(R y)`` with ``R^T`` in the group, from ``y0 = R^-1 w0`` and ``B_y = R^T B_w``:
-    the iterates map to those of ``l`` (``w_t = R y_t``); scipy's BFGS iterates do not."""
-    p, k, num = 8, 2, 12
-    group = groups.BlockUpperTriangular(k)
-    rt = _block_upper_element(jax.random.PRNGKey(3), p, k)
+    the iterates map to those of ``l`` (``w_t = R y_t``); scipy's BFGS iterates do not.
+    (With whitened probes only the block-upper group is exactly invariant: the block-lower
+    and hierarchical steps combine exact rows with the probes' estimate of ``diag(H)``.)"""
+    p, num = 8, 12
+    rt = _group_element(group, jax.random.PRNGKey(3), p)
     r = group.to_dense(rt).T
     w0 = jax.random.uniform(jax.random.PRNGKey(4), (p,), jnp.float64, -2.0, 2.0)
     y0 = jnp.linalg.solve(r, w0)
@@ -102,18 +107,23 @@ def test_rosenbrock_20(group, budget):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("group, rows", [(groups.BlockUpperTriangular(3), 3), (groups.Hierarchical(1, 2), 3)])
-def test_products_per_iteration_and_indefinite_start(group, rows):
+@pytest.mark.parametrize(
+    "group, rows, num_probes, line_search",
+    [(groups.BlockUpperTriangular(3), 3, 2, True), (groups.Hierarchical(1, 2), 3, 2, True),
+     (groups.BlockLowerTriangular(3), 3, 1, False)],
+)
+def test_products_per_iteration_and_indefinite_start(group, rows, num_probes, line_search):
     """``k`` products for the dense rows, ``num_probes`` for the diagonal, one for the
-    mean's line minimiser; from a start where ``hess l`` is indefinite, ``B`` stays
-    invertible and ``l`` never increases."""
-    p, num_probes = 12, 2
+    mean's line minimiser if on (``k + 1`` in all with one probe and none); from a start
+    where ``hess l`` is indefinite, ``B`` stays invertible and ``l`` never increases."""
+    p = 12
     x0 = jnp.zeros(p).at[1::2].set(1.0)  # H_00 = 1200 x_0^2 - 400 x_1 + 2 < 0
     assert jnp.linalg.eigvalsh(jax.hessian(rosenbrock)(x0))[0] < 0
-    opt = structured_newton(rosenbrock, group, num_probes=num_probes)
+    opt = structured_newton(rosenbrock, group, num_probes=num_probes, line_search=line_search)
     result = jax.jit(opt.run, static_argnums=2)(jax.random.PRNGKey(0), opt.init(x0), 40)
-    np.testing.assert_array_equal(result.info.num_hvp, rows + num_probes + 1)
-    np.testing.assert_array_equal(result.info.num_grads, 1 + 2 * (rows + num_probes + 1))
+    products = rows + num_probes + int(line_search)
+    np.testing.assert_array_equal(result.info.num_hvp, products)
+    np.testing.assert_array_equal(result.info.num_grads, 1 + 2 * products)
     assert jnp.all(jnp.diff(result.losses) <= 0) and result.losses[-1] < 0.1 * result.losses[0]
     assert jnp.isfinite(group.logdet(result.state.factor))
 

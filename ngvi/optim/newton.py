@@ -138,6 +138,7 @@ def update(
     loc_trust_radius=10.0,
     num_probes="auto",
     line_probes=0,
+    line_search=True,
 ):
     """One iteration: the curvature ``hess l(mu)`` as an operator
     (:func:`ngvi.estimators.hessian_curvature` at the one point ``mu``; with
@@ -153,8 +154,10 @@ def update(
     a full-matrix group forms ``H`` (``p`` products, ``O(p^3)``); a block
     group takes ``k`` products for its dense rows (``k1 + k2`` for
     ``Hierarchical``), ``num_probes`` for ``diag(H)`` (``p`` if ``None``), one
-    for the mean's line minimiser and ``2 line_probes`` for the factor's
-    (:mod:`ngvi.ngd`), at ``O(k^2 p)`` further work. Returns
+    for the mean's line minimiser (none with ``line_search=False``: the mean
+    step is then ``beta S^-1 grad l``, checked only by the acceptance test) and
+    ``2 line_probes`` for the factor's (:mod:`ngvi.ngd`), at ``O(k^2 p)``
+    further work: ``k + 1`` products with ``num_probes=1, line_search=False``. Returns
     ``(params, state, StructuredNewtonInfo)``."""
     probe_key, step_key = jax.random.split(rng_key)
     dtype, p = state.params.dtype, state.params.shape[0]
@@ -166,7 +169,7 @@ def update(
     beta = state.radius * jnp.asarray(step_size_at(step_size, state.count), dtype)
     loc, factor, step_info = natural_gradient_step(
         step_key, group, state.params, state.factor, estimate, beta, 1.0,
-        state.radius * trust_radius, state.radius * loc_trust_radius, line_probes,
+        state.radius * trust_radius, state.radius * loc_trust_radius, line_probes, line_search,
     )
     loss, grad = jax.value_and_grad(loss_fn)(loc)
     accept = is_finite(loc, factor, loss, grad) & (loss <= state.loss)
@@ -201,6 +204,7 @@ def structured_newton(
     loc_trust_radius=10.0,
     num_probes="auto",
     line_probes=0,
+    line_search=True,
 ):
     """Structured natural-gradient Newton minimisation of ``loss_fn`` on flat vectors.
 
@@ -214,13 +218,15 @@ def structured_newton(
         group or ``p <= 128``, else 4.
     :param line_probes: probes of the factor's line minimiser
         (:func:`ngvi.ngd.natural_gradient_step`; ``0`` leaves it out).
+    :param line_search: the mean's line minimiser on the quadratic model (one
+        product); without it the mean step is ``beta S^-1 grad l``.
     :returns: a :class:`StructuredNewton` ``(init, update, run)``; ``update`` and
         ``run`` take a PRNG key, which draws the probes.
     """
     group = Dense() if group is None else group
     settings = dict(
         step_size=step_size, trust_radius=trust_radius, loc_trust_radius=loc_trust_radius,
-        num_probes=num_probes, line_probes=line_probes,
+        num_probes=num_probes, line_probes=line_probes, line_search=line_search,
     )
     update_fn = lambda rng_key, state: update(rng_key, state, loss_fn, group, **settings)
     return StructuredNewton(
