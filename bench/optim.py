@@ -2,7 +2,8 @@
 on the 200-dimensional Rosenbrock and Dixon-Price functions (MATH.md sec. 7).
 
     python bench/optim.py            # 3 seeds, ~5 min on 2 cores
-    python bench/optim.py --quick    # 1 seed, short runs, < 1 min
+    python bench/optim.py --quick    # 1 seed, short runs, ~2 min
+    python bench/optim.py --dense    # also Dense (p = 200 products an iteration), seed 0 only, ~4 min more
 
 Writes bench/results/optim[_quick].md and bench/results/optim[_quick].png.
 """
@@ -156,10 +157,12 @@ def summarise(rows, name, runs, compile_s=None):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one seed, short runs")
+    parser.add_argument("--dense", action="store_true", help="also the Dense group, on the first seed")
     args = parser.parse_args()
     seeds = [0] if args.quick else [0, 1, 2]
     steps = {"rosenbrock": 300, "dixon_price": 100} if args.quick else {"rosenbrock": 2000, "dixon_price": 3000}
     scipy_iters = {"rosenbrock": 3000, "dixon_price": 3000}
+    dense_steps = {"rosenbrock": 100, "dixon_price": 50} if args.quick else {"rosenbrock": 700, "dixon_price": 300}
     adam_steps = 2000 if args.quick else 20000
     suffix = "_quick" if args.quick else ""
     lines = [
@@ -191,6 +194,12 @@ def main():
             summarise(rows, f"newton {name} {setting}", runs, compile_s)
             if setting == "default":
                 curves[(problem, f"newton {name}")] = runs[0][:2]
+            print(rows[-1], flush=True)
+        if args.dense:
+            out, compile_s = run_structured(fn, groups.Dense(), x0s[:1], dense_steps[problem], {})
+            runs = [(losses, dt * np.arange(len(losses)), hv * np.arange(len(losses))) for losses, dt, hv in out]
+            summarise(rows, "newton dense (first seed)", runs, compile_s)
+            curves[(problem, "newton dense")] = runs[0][:2]
             print(rows[-1], flush=True)
         for method in ("BFGS", "L-BFGS-B", "Newton-CG"):
             runs = [run_scipy(fn, method, x0, scipy_iters[problem]) for x0 in x0s]
