@@ -88,25 +88,29 @@ def natural_gradient_step(
     trust_radius=1.0,
     loc_trust_radius=10.0,
     num_probes=4,
+    loc_line_search=True,
 ):
     """One natural-gradient step from an :class:`ngvi.estimators.Estimate`.
 
     Cost: one solve pair for the mean, the group's ``local_gradient``, one
     retraction (``O(k^2 p)`` for block groups; no ``p x p`` matrix is formed
     for a structured group), and ``1 + 2 num_probes`` curvature products for
-    the two line minimisers. Returns ``(loc, factor, StepInfo)``.
+    the two line minimisers (``num_probes = 0`` leaves out the factor's,
+    ``loc_line_search=False`` the mean's, whose step is then ``beta``: for a
+    caller that tests the step on ``l`` itself). Returns ``(loc, factor, StepInfo)``.
     """
     root_dim = jnp.sqrt(jnp.asarray(loc.shape[-1], loc.dtype))
     direction = group.natural_direction(group.local_gradient(factor, estimate.curvature, gamma))
-    factor_step = jnp.minimum(
-        step_size, _factor_line_minimiser(key, group, factor, estimate.curvature, direction, num_probes)
-    )
+    factor_step = step_size
+    if num_probes:
+        t_star = _factor_line_minimiser(key, group, factor, estimate.curvature, direction, num_probes)
+        factor_step = jnp.minimum(step_size, t_star)
     factor_norm = factor_step * group.spectral_norm(direction)
     factor_scale = _clip(factor_norm, trust_radius)
     scaled = jax.tree.map(lambda m: (factor_scale * factor_step) * m, direction)
     new_factor = group.retract(factor, scaled)
     direction_loc = group.rsolve(new_factor, group.solve(new_factor, estimate.grad_loc))  # S_new^-1 g_mu
-    loc_step = jnp.minimum(step_size, _line_minimiser(estimate, direction_loc))
+    loc_step = jnp.minimum(step_size, _line_minimiser(estimate, direction_loc)) if loc_line_search else step_size
     loc_norm = loc_step * jnp.linalg.norm(group.rmatvec(new_factor, direction_loc))
     loc_scale = _clip(loc_norm, loc_trust_radius * root_dim)
     new_loc = loc - (loc_scale * loc_step) * direction_loc
