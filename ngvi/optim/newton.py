@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from ngvi.estimators import AUTO_EXACT_DIM, AUTO_PROBES, Estimate, hessian_curvature, whitened_probes
 from ngvi.groups import Dense
-from ngvi.ngd import is_finite, natural_gradient_step
+from ngvi.ngd import StepInfo, is_finite, natural_gradient_step
 from ngvi.vi.base import keep_if, step_size_at
 from ngvi.vi.structured_gaussian import MIN_RADIUS, RADIUS_GROWTH
 
@@ -59,7 +59,7 @@ class StructuredNewtonState(NamedTuple):
 class StructuredNewtonInfo(NamedTuple):
     """Diagnostics of one iteration: ``loss``, ``l`` at the returned ``params``;
     ``rejected``, the step raised ``l`` or was not finite and the point was kept;
-    ``step_size``, ``beta`` times the radius; the step control's
+    ``step_size``, ``beta`` times the radius; ``step``, the step control's
     :class:`ngvi.ngd.StepInfo` (``loc_norm``, ``factor_norm``, ``loc_scale``,
     ``factor_scale``); ``num_hvp``, the Hessian-vector products taken, and
     ``num_grads = 1 + 2 num_hvp``, gradient evaluations with a product
@@ -68,10 +68,7 @@ class StructuredNewtonInfo(NamedTuple):
     loss: jax.Array
     rejected: jax.Array
     step_size: jax.Array
-    loc_norm: jax.Array
-    factor_norm: jax.Array
-    loc_scale: jax.Array
-    factor_scale: jax.Array
+    step: StepInfo
     num_hvp: jax.Array
     num_grads: jax.Array
 
@@ -180,7 +177,7 @@ def update(
     new_state = StructuredNewtonState(loc, factor, loss, grad, state.count + 1, radius.astype(dtype))
     num_hvp = curvature.num_grads // 2
     counts = jnp.asarray(num_hvp, jnp.int32), jnp.asarray(1 + 2 * num_hvp, jnp.int32)
-    return loc, new_state, StructuredNewtonInfo(loss, ~accept, beta, *step_info, *counts)
+    return loc, new_state, StructuredNewtonInfo(loss, ~accept, beta, step_info, *counts)
 
 
 def run(rng_key, state, num_steps, update_fn):
