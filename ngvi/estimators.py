@@ -28,7 +28,7 @@ from ngvi.gaussian import antithetic_normals, from_standard, log_prob_standard
 __all__ = [
     "Estimate", "ESTIMATORS", "resolve", "auto", "draw_weights", "sample_loss", "hessian", "stein", "gauss_newton", "zeroth_order", "gaussian_samples",
     "baseline_coefficients", "zeroth_order_estimate",
-    "hessian_curvature", "whitened_probes",
+    "hessian_curvature", "whitened_probes", "auto_probes",
 ]
 
 
@@ -251,8 +251,13 @@ def auto(key, target, group, loc, factor, num_samples, gamma):
     whitened couplings the group does not hold; a diagonal group on a strongly
     coupled posterior settles a few percent off with it, which the exact
     diagonal avoids where ``p`` products are cheap.)"""
-    exact = group.dense_curvature or loc.shape[-1] <= AUTO_EXACT_DIM
-    return hessian(key, target, group, loc, factor, num_samples, gamma, probes=None if exact else AUTO_PROBES)
+    return hessian(key, target, group, loc, factor, num_samples, gamma, probes=auto_probes(group, loc.shape[-1]))
+
+
+def auto_probes(group, p):
+    """The "auto" curvature work: ``None`` (exact) for a full-matrix group or
+    ``p <= AUTO_EXACT_DIM``, else ``AUTO_PROBES`` whitened Hutchinson probes."""
+    return None if group.dense_curvature or p <= AUTO_EXACT_DIM else AUTO_PROBES
 
 
 ESTIMATORS = {"auto": auto, "hessian": hessian, "stein": stein, "gauss_newton": gauss_newton, "zeroth_order": zeroth_order}

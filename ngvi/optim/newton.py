@@ -24,11 +24,11 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ngvi.estimators import AUTO_EXACT_DIM, AUTO_PROBES, Estimate, hessian_curvature, whitened_probes
+from ngvi.estimators import Estimate, auto_probes, hessian_curvature, whitened_probes
 from ngvi.groups import Dense
 from ngvi.ngd import StepInfo, is_finite, natural_gradient_step
 from ngvi.vi.base import keep_if, step_size_at
-from ngvi.vi.structured_gaussian import MIN_RADIUS, RADIUS_GROWTH
+from ngvi.vi.structured_gaussian import next_radius
 
 __all__ = [
     "StructuredNewtonState",
@@ -118,11 +118,8 @@ def init(params, loss_fn, group, scale=1.0, factor=None):
 
 
 def _probes(group, p, num_probes):
-    """``num_probes``, with ``"auto"`` as in :func:`ngvi.estimators.auto`: exact
-    (``None``) for a full-matrix group or ``p <= 128``, else ``AUTO_PROBES = 4`` whitened probes."""
-    if num_probes != "auto":
-        return num_probes
-    return None if group.dense_curvature or p <= AUTO_EXACT_DIM else AUTO_PROBES
+    """``num_probes``, with ``"auto"`` as :func:`ngvi.estimators.auto_probes` chooses."""
+    return auto_probes(group, p) if num_probes == "auto" else num_probes
 
 
 def update(
@@ -172,8 +169,7 @@ def update(
     accept = is_finite(loc, factor, loss, grad) & (loss <= state.loss)
     new, old = (loc, factor, loss, grad), (state.params, state.factor, state.loss, state.grad)
     loc, factor, loss, grad = keep_if(accept, new, old)
-    grown, shrunk = jnp.minimum(1.0, RADIUS_GROWTH * state.radius), jnp.maximum(MIN_RADIUS, 0.5 * state.radius)
-    radius = jnp.where(accept, grown, shrunk)
+    radius = next_radius(accept, state.radius)
     new_state = StructuredNewtonState(loc, factor, loss, grad, state.count + 1, radius.astype(dtype))
     num_hvp = curvature.num_grads // 2
     counts = jnp.asarray(num_hvp, jnp.int32), jnp.asarray(1 + 2 * num_hvp, jnp.int32)

@@ -94,6 +94,12 @@ def init(position, group, scale=1.0, factor=None):
 LOSS_JUMP_SE, LOSS_JUMP_NATS, RADIUS_GROWTH, MIN_RADIUS = 10.0, 10.0, 1.25, 2.0**-10
 
 
+def next_radius(accept, radius):
+    """The step control's radius after a step: grown by ``RADIUS_GROWTH`` towards 1
+    if ``accept``, else halved, never below ``MIN_RADIUS``."""
+    return jnp.where(accept, jnp.minimum(1.0, RADIUS_GROWTH * radius), jnp.maximum(MIN_RADIUS, 0.5 * radius))
+
+
 def step(
     rng_key,
     state,
@@ -139,7 +145,7 @@ def step(
         fallback = keep_if(undo, (backup_loc, backup_factor), (state.loc, state.factor))
         loc, factor = keep_if(accept, (loc, factor), fallback)
         backup = keep_if(accept, (state.loc, state.factor, estimate.loss, estimate.loss_se), state.backup)
-        radius = jnp.where(accept, jnp.minimum(1.0, RADIUS_GROWTH * radius), jnp.maximum(MIN_RADIUS, 0.5 * radius))
+        radius = next_radius(accept, radius)
         new_state = StructuredGaussianState(loc, factor, state.step + 1, backup, radius)
         estimate = estimate._replace(loss=jnp.where(jnp.isfinite(estimate.loss), estimate.loss, backup_loss))
     num_grads = jnp.asarray(estimate.num_grads + estimate.curvature.num_grads, jnp.int32)
