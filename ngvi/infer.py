@@ -10,6 +10,7 @@ one step of it.
 """
 
 import numbers
+import os
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -20,6 +21,7 @@ from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 from tqdm import tqdm
 
+from ngvi import checkpoint as checkpoints
 from ngvi import convergence
 from ngvi.guides.mixture import StructuredGaussianMixture
 from ngvi.laplace import check_laplace_start, laplace_start
@@ -226,7 +228,10 @@ class NGVI:
         state, info = self._update(state, args, kwargs)
         return state, info.loss
 
-    def run(self, rng_key, num_steps, *args, progress_bar=True, init_state=None, **kwargs):
+    def run(
+        self, rng_key, num_steps, *args, progress_bar=True, init_state=None, checkpoint=None, checkpoint_every=1000,
+        **kwargs,
+    ):
         """``num_steps`` steps, or with ``num_steps=None`` until converged
         (:mod:`ngvi.convergence`: the window average of the iterates is
         stationary and its standard error below ``tol``; at most
@@ -234,18 +239,31 @@ class NGVI:
         once per call; the host sees each chunk's diagnostics (progress bar,
         stopping rule), never a single step's.
 
+        With ``checkpoint`` (a path) the run writes a checkpoint
+        (:mod:`ngvi.checkpoint`) there every ``checkpoint_every`` steps (at the
+        end of a chunk; chunks are no longer than that) and when it stops; if that file exists, the run
+        resumes from it (the same key stream: it ends where an uninterrupted
+        run ends), after checking that it is of this fit.
+
         The result's ``converged`` and ``stop_reason`` say why it stopped
         (``None`` and ``"num_steps"`` with ``num_steps`` given). A run that
         converged, or ran out of steps with its last window stationary,
         returns the window average (in the state, too), otherwise the last
         iterate."""
         _check_num_steps(num_steps)
+        if int(checkpoint_every) != checkpoint_every or checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be a positive number of steps, got {checkpoint_every!r}.")
         state = self.init(rng_key, *args, **kwargs) if init_state is None else init_state
+        recorder = _Recorder(self, checkpoint, checkpoint_every, num_steps, state, args, kwargs)
+        if init_state is not None and recorder.resumed is not None:
+            raise ValueError(f"init_state was given and checkpoint {checkpoint!r} exists: pass one of them.")
         if num_steps is None:
-            return self._run_to_convergence(state, args, kwargs, progress_bar)
+            return self._run_to_convergence(state, args, kwargs, progress_bar, recorder)
+        state, infos, done = recorder.start(state)
         length = max(1, num_steps // 20) if progress_bar else num_steps
-        chunk, infos, done = self._compiled_chunk(args, kwargs, length), [], 0
-        with tqdm(total=num_steps, disable=not progress_bar) as bar:
+        length = length if checkpoint is None else min(length, int(checkpoint_every))
+        chunk = self._compiled_chunk(args, kwargs, length)
+        with tqdm(total=num_steps, initial=done, disable=not progress_bar) as bar:
             while done < num_steps:
                 num = min(length, num_steps - done)
                 state, _, info = chunk(state, num, 1.0)
@@ -254,31 +272,41 @@ class NGVI:
                     bar.set_postfix_str(_progress(state, info, num))
                 bar.update(num)
                 done += num
+                recorder.save(state, infos, done, force=done == num_steps)
         return self._result(state, infos, None, "num_steps")
 
-    def _run_to_convergence(self, state, args, kwargs, progress_bar):
-        """Batches of chunks of ``CHUNK`` steps into :func:`ngvi.convergence.add_batch` until converged or ``max_steps``."""
-        chunk, infos, done = self._compiled_chunk(args, kwargs, CHUNK), [], 0
+    def _run_to_convergence(self, state, args, kwargs, progress_bar, recorder):
+        """Chunks of ``CHUNK`` steps, averaged into batches for
+        :func:`ngvi.convergence.add_batch`, until converged or ``max_steps``."""
+        chunk = self._compiled_chunk(args, kwargs, CHUNK)
         shift_fn = jax.jit(partial(convergence.shift, self.guide.group))
-        window, check = convergence.new_window(), None
+        fresh = dict(window=convergence.new_window(), check=None, batch=None, position=0, num_chunks=0)
+        state, infos, done = recorder.start(state)
+        book = recorder.resumed.bookkeeping if recorder.resumed else fresh
+        window, check, batch, position, num_chunks = (book[name] for name in fresh)
         dim = state.vi_state.loc.shape[-1]
-        with tqdm(total=self.max_steps, disable=not progress_bar) as bar:
+        with tqdm(total=self.max_steps, initial=done, disable=not progress_bar) as bar:
             while done < self.max_steps and not (check and check.converged):
-                beta = window.step_scale * _step_size(self.step_size, state)
-                num_chunks = min(convergence.batch_length(beta, CHUNK, window.batch_scale), -(-(self.max_steps - done) // CHUNK))
-                batch = None
-                for i in range(num_chunks):
-                    num = min(CHUNK, self.max_steps - done)
-                    state, mean, info = chunk(state, num, window.step_scale)
-                    infos.append(jax.tree.map(lambda x, num=num: x[:num], info))
-                    batch = mean if batch is None else convergence.average(batch, mean, 1.0 / (i + 1))
-                    bar.update(num)
-                    done += num
-                window, new_check = convergence.add_batch(window, batch, shift_fn, self.tol, dim)
-                check = new_check or check
-                if progress_bar:
-                    bar.set_postfix_str(_progress(state, info, num, check, self.tol, dim))
+                if position == 0:  # a new batch: its length follows the step size
+                    beta = window.step_scale * _step_size(self.step_size, state)
+                    batches = convergence.batch_length(beta, CHUNK, window.batch_scale)
+                    num_chunks = min(batches, -(-(self.max_steps - done) // CHUNK))
+                num = min(CHUNK, self.max_steps - done)
+                state, mean, info = chunk(state, num, window.step_scale)
+                infos.append(jax.tree.map(lambda x, num=num: x[:num], info))
+                batch = mean if position == 0 else convergence.average(batch, mean, 1.0 / (position + 1))
+                position += 1
+                bar.update(num)
+                done += num
+                if position == num_chunks:
+                    window, new_check = convergence.add_batch(window, batch, shift_fn, self.tol, dim)
+                    check, position = new_check or check, 0
+                    if progress_bar:
+                        bar.set_postfix_str(_progress(state, info, num, check, self.tol, dim))
+                book = dict(window=window, check=check, batch=batch, position=position, num_chunks=num_chunks)
+                recorder.save(state, infos, done, book)
             converged = bool(check and check.converged)
+            recorder.save(state, infos, done, book, force=True)
             if progress_bar:
                 bar.set_description("converged" if converged else "not converged")
         if check and check.stationary:  # converged, or out of steps with a stationary window
@@ -308,7 +336,7 @@ class NGVI:
         return jax.jit(chunk)
 
     def _result(self, state, infos, converged, stop_reason):
-        info = jax.tree.map(lambda *parts: jnp.concatenate(parts), *infos)
+        info = _stack(infos)
         return NGVIRunResult(self.get_params(state), state, info.loss, info, converged, stop_reason)
 
     def get_params(self, state):
@@ -320,6 +348,39 @@ class NGVI:
         """A negative-ELBO estimate at ``state`` from fresh samples."""
         model_key, loss_key = jax.random.split(jax.random.fold_in(state.rng_key, 1))
         return self._algorithm(model_key, args, kwargs, state.model_params).loss(loss_key, state.vi_state)
+
+
+def _stack(infos):
+    """The per-chunk diagnostics ``infos`` as one tree along the step axis."""
+    return jax.tree.map(lambda *parts: jnp.concatenate(parts), *infos)
+
+
+class _Recorder:
+    """A run's checkpoints (:mod:`ngvi.checkpoint`) at ``path`` (none if ``None``):
+    ``resumed``, the checkpoint found there at the start (or ``None``), and
+    ``save``, which writes one every ``every`` steps."""
+
+    def __init__(self, ngvi, path, every, num_steps, state, args, kwargs):
+        self.path, self.every, self.last = path, int(every), 0
+        self.description = checkpoints.describe(ngvi.guide, num_steps)
+        self.treedef = jax.tree.structure(convergence.parameters(state.vi_state, ngvi.guide.group))
+        self.resumed = None
+        if path is not None and os.path.exists(path):
+            info_like = jax.eval_shape(lambda s: ngvi._update(s, args, kwargs)[1], state)
+            self.resumed = checkpoints.load(path, self.description, state, info_like, self.treedef)
+            self.last = self.resumed.steps
+
+    def start(self, state):
+        """``(state, infos, steps done)`` at the start: the checkpoint's, or ``state`` with none done."""
+        if self.resumed is None or self.resumed.steps == 0:
+            return (state if self.resumed is None else self.resumed.state), [], 0
+        return self.resumed.state, [self.resumed.info], self.resumed.steps
+
+    def save(self, state, infos, steps, bookkeeping=None, force=False):
+        """Write a checkpoint if ``every`` steps have passed since the last (or ``force``)."""
+        if self.path is not None and (force or steps - self.last >= self.every):
+            checkpoints.save(self.path, self.description, state, _stack(infos), steps, bookkeeping, self.treedef)
+            self.last = steps
 
 
 def _check_num_steps(num_steps):
