@@ -47,10 +47,14 @@ class Estimate(NamedTuple):
     num_dropped: jax.Array
 
 
-def gaussian_samples(key, group, loc, factor, num_samples):
+def gaussian_samples(key, group, loc, factor, num_samples, sharding=None):
     """Antithetic orthogonal ``eps`` (:func:`ngvi.gaussian.antithetic_normals`)
-    and ``z = mu + B^-T eps``."""
+    and ``z = mu + B^-T eps``; with a ``sharding`` of the ``(num_samples, p)``
+    draws (:attr:`ngvi.target.Target.draw_sharding`) the compiled step
+    evaluates them spread over its devices, as the sharding places them."""
     eps = antithetic_normals(key, num_samples, loc.shape[-1], loc.dtype)
+    if sharding is not None:
+        eps = jax.lax.with_sharding_constraint(eps, sharding)
     return eps, from_standard(group, loc, factor, eps)
 
 
@@ -119,7 +123,7 @@ def hessian(key, target, group, loc, factor, num_samples, gamma, probes=None, cu
     only for groups that need them; a full-matrix group gets ``H`` formed once,
     :class:`ngvi.curvature.DenseCurvature`)."""
     sample_key, probe_key = jax.random.split(key)
-    eps, z = gaussian_samples(sample_key, group, loc, factor, num_samples)
+    eps, z = gaussian_samples(sample_key, group, loc, factor, num_samples, target.draw_sharding)
     values, grads = _values_and_grads(target.potential, z)
     weights = draw_weights(values, grads)
     probe_pairs = None if probes is None else whitened_probes(probe_key, group, factor, probes)
@@ -166,7 +170,7 @@ def _check_curvature_samples(curvature_samples, num_samples):
 def stein(key, target, group, loc, factor, num_samples, gamma):
     """Bonnet and Stein, gradients only: ``E[hess l] = E[S (z - mu) grad l(z)^T]``
     with ``S (z - mu) = B eps``, so ``H = sym(mean_n (B eps_n) g_n^T)``."""
-    eps, z = gaussian_samples(key, group, loc, factor, num_samples)
+    eps, z = gaussian_samples(key, group, loc, factor, num_samples, target.draw_sharding)
     values, grads = _values_and_grads(target.potential, z)
     weights = draw_weights(values, grads)
     b_eps = jax.vmap(lambda e: group.matvec(factor, e))(eps)
@@ -185,7 +189,7 @@ def gauss_newton(key, target, group, loc, factor, num_samples, gamma, probes=Non
     and the prior's Hessian-vector products: ``p`` where the group reads the
     diagonal or the factors of ``H``, unless ``probes`` (an int) takes the
     prior part's by whitened Hutchinson as in :func:`hessian` (that many products)."""
-    eps, z = gaussian_samples(key, group, loc, factor, num_samples)
+    eps, z = gaussian_samples(key, group, loc, factor, num_samples, target.draw_sharding)
     values, grads = _values_and_grads(target.potential, z)
     terms = lambda zi: target.log_likelihood(zi)[0]
     scales = target.log_likelihood(loc)[1]  # fixed by the model's plates
@@ -230,7 +234,7 @@ def zeroth_order(key, target, group, loc, factor, num_samples, gamma):
     """Log-density values only (evolution strategies), with the mean as baseline:
     ``g_mu = E[B eps (l - lbar)]`` and ``H = E[(B eps eps^T B^T - S)(l - lbar)]``
     (:func:`zeroth_order_estimate`)."""
-    eps, z = gaussian_samples(key, group, loc, factor, num_samples)
+    eps, z = gaussian_samples(key, group, loc, factor, num_samples, target.draw_sharding)
     values = jax.vmap(target.potential)(z)
     weights = draw_weights(values)
     return zeroth_order_estimate(group, factor, eps, values, weights, baseline_coefficients(values, weights), gamma)

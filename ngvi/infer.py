@@ -104,6 +104,14 @@ class NGVI:
         must reach in every coordinate (at 99%), for the means in posterior
         standard deviations and for the scales relative (:mod:`ngvi.convergence`).
     :param max_steps: for ``run(key, None, ...)``: the most steps it takes.
+    :param mesh: a ``jax.sharding.Mesh`` over which each step's draws are
+        spread (split along all its axes; ``num_samples`` a multiple of its
+        size): the step stays one compiled program, XLA's partitioner places
+        the model's evaluations and sums (no hand-written communication), and
+        the result is the one-device result up to float rounding. Data placed
+        with ``jax.device_put`` on the same mesh stays there. For several hosts,
+        call ``jax.distributed.initialize()`` first and pass a mesh of
+        ``jax.devices()``.
     """
 
     def __init__(
@@ -120,6 +128,7 @@ class NGVI:
         optim=None,
         tol=0.03,
         max_steps=10_000,
+        mesh=None,
         **estimator_kwargs,
     ):
         if warm_start not in (None, "laplace"):
@@ -132,6 +141,7 @@ class NGVI:
         if not tol > 0 or int(max_steps) != max_steps or max_steps < 1:
             raise ValueError(f"tol must be positive and max_steps a positive integer, got tol={tol}, max_steps={max_steps}.")
         self.tol, self.max_steps = tol, int(max_steps)
+        self.draw_sharding = _draw_sharding(mesh, num_samples)
         self.model, self.guide, self.warm_start = model, guide, warm_start
         self._param_constraints = {}
         self.step_size, self.num_samples, self.estimator, self.gamma = step_size, num_samples, estimator, gamma
@@ -157,7 +167,7 @@ class NGVI:
     def _algorithm(self, rng_key, args, kwargs, model_params, step_scale=1.0):
         """The guide's algorithm on the model's target, seeded with ``rng_key``,
         its step size scaled by ``step_scale``."""
-        target = make_target(self._model_at(model_params), self.guide, rng_key, args, kwargs)
+        target = make_target(self._model_at(model_params), self.guide, rng_key, args, kwargs, self.draw_sharding)
         step_size = lambda step: step_scale * step_size_at(self.step_size, step)  # noqa: E731
         return self.guide.algorithm(target, **{**self._settings, "step_size": step_size})
 
@@ -381,6 +391,20 @@ class _Recorder:
         if self.path is not None and (force or steps - self.last >= self.every):
             checkpoints.save(self.path, self.description, state, _stack(infos), steps, bookkeeping, self.treedef)
             self.last = steps
+
+
+def _draw_sharding(mesh, num_samples):
+    """The sharding of a step's ``(num_samples, p)`` draws over all of ``mesh``'s axes (``None`` without a mesh)."""
+    if mesh is None:
+        return None
+    if not isinstance(mesh, jax.sharding.Mesh):
+        raise ValueError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}.")
+    if int(num_samples) % mesh.size:
+        raise ValueError(
+            f"num_samples={num_samples} draws do not split over the mesh's {mesh.size} devices"
+            f" (axes {dict(mesh.shape)}): pass a multiple of {mesh.size}."
+        )
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names, None))
 
 
 def _check_num_steps(num_steps):

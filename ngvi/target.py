@@ -3,7 +3,7 @@ flat vector (and, for Gauss-Newton, per-example log-likelihoods), and how it
 is built from a NumPyro model over a guide's flat unconstrained latent vector."""
 
 from functools import partial
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -20,10 +20,14 @@ class Target(NamedTuple):
     ``log_likelihood(z)``, if given, ``(terms, scales)``: the per-example
     log-likelihoods of the observed sites and the weight of each in ``log p(x | z)``
     (the subsample scale ``N / batch``; 1 without subsampling), so that
-    ``log p(x | z) = sum(scales * terms)``. Only ``estimator="gauss_newton"`` reads it."""
+    ``log p(x | z) = sum(scales * terms)``. Only ``estimator="gauss_newton"`` reads it.
+    ``draw_sharding``, if given, a ``jax.sharding.Sharding`` of a step's
+    ``(num_samples, p)`` draws: the estimators constrain their draws to it, so
+    that the compiled step evaluates the model at them spread over devices."""
 
     potential: Callable
     log_likelihood: Optional[Callable] = None
+    draw_sharding: Optional[Any] = None
 
 
 def nonfinite_sites(trace):
@@ -51,7 +55,7 @@ def _observed_log_likelihood(model, args, kwargs, params):
     return jnp.concatenate(terms), jnp.concatenate(scales)
 
 
-def make_target(model, guide, rng_key, args, kwargs):
+def make_target(model, guide, rng_key, args, kwargs, draw_sharding=None):
     """The :class:`Target` of ``model`` at ``args`` over ``guide``'s flat latent
     vector (the guide gives only the layout); the model is seeded with
     ``rng_key`` (one data subsample per key, as in SVI)."""
@@ -60,6 +64,7 @@ def make_target(model, guide, rng_key, args, kwargs):
     return Target(
         potential=lambda z: potential_energy(model, args, kwargs, unpack(z)),
         log_likelihood=lambda z: _observed_log_likelihood(model, args, kwargs, unpack(z)),
+        draw_sharding=draw_sharding,
     )
 
 
