@@ -278,3 +278,12 @@ def test_subsampled_fit_matches_full_data(logistic):
     z = np.abs(sub_q.mean - full_q.mean) / np.sqrt(full_q.variance)
     assert np.all(np.isfinite(sub.losses)) and np.median(z) < 0.2 and np.max(z) < 0.75
     np.testing.assert_allclose(np.sqrt(sub_q.variance / full_q.variance), 1.0, atol=0.25)
+
+
+def test_a_subsample_larger_than_its_plate_is_refused():
+    """``subsample_size`` above the plate's size (NumPyro would only warn and use
+    the whole plate) raises ValueError naming the plate and both sizes."""
+    data = logistic_regression.data()
+    guide = StructuredGaussian(logistic_regression.model)
+    with pytest.raises(ValueError, match="Plate 'data' has subsample_size=1000, larger than its size 569"):
+        NGVI(logistic_regression.model, guide).init(KEY, subsample_size=1000, **data)

@@ -27,6 +27,19 @@ def check_continuous_latents(prototype_trace):
             )
 
 
+def check_subsample_sizes(prototype_trace):
+    """Raise ``ValueError`` naming the first plate whose ``subsample_size``
+    exceeds its size (NumPyro would warn and use the whole plate unscaled)."""
+    for name, site in prototype_trace.items():
+        if site["type"] == "plate":
+            size, subsample_size = site["args"]
+            if subsample_size is not None and subsample_size > size:
+                raise ValueError(
+                    f"Plate '{name}' has subsample_size={subsample_size}, larger than its size {size}: "
+                    f"pass a subsample_size of at most {size} (or None for the whole plate)."
+                )
+
+
 class StructuredGaussian(AutoContinuous):
     """Gaussian autoguide with structured precision ``S = B B^T``, ``B`` in ``group``.
 
@@ -56,6 +69,7 @@ class StructuredGaussian(AutoContinuous):
         with numpyro.handlers.block():
             trace = numpyro.handlers.trace(seeded).get_trace(*args, **kwargs)
         check_continuous_latents(trace)
+        check_subsample_sizes(trace)
         try:
             super()._setup_prototype(*args, **kwargs)
         except RuntimeError as err:  # NumPyro found no point with a finite log density
