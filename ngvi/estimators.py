@@ -28,7 +28,7 @@ from ngvi.gaussian import antithetic_normals, from_standard, log_prob_standard
 __all__ = [
     "Estimate", "ESTIMATORS", "resolve", "auto", "draw_weights", "sample_loss", "hessian", "stein", "gauss_newton", "zeroth_order", "gaussian_samples",
     "baseline_coefficients", "zeroth_order_estimate",
-    "hessian_curvature", "whitened_probes", "auto_probes",
+    "hessian_curvature", "whitened_probes", "auto_probes", "loss_change",
 ]
 
 
@@ -95,12 +95,30 @@ def sample_loss(values, eps, group, factor, gamma, weights=None):
     (no Monte-Carlo error) wherever ``l + gamma log q`` is constant, as at the
     optimum for a target in the family; ``log q(z_n)`` costs no product. Not
     finite when no draw is kept."""
-    weights = draw_weights(values) if weights is None else weights
     terms = values + gamma * log_prob_standard(group, factor, eps)
-    loss = _weighted_sum(weights, terms)
-    spread = _weighted_sum(weights, (terms - loss) ** 2) / jnp.maximum(jnp.sum(weights > 0), 1)
+    return _mean_and_se(terms, draw_weights(values) if weights is None else weights)
+
+
+def _mean_and_se(terms, weights):
+    """``sum_n w_n t_n`` and its standard error from the kept draws' spread (not finite when none is kept)."""
+    mean = _weighted_sum(weights, terms)
+    spread = _weighted_sum(weights, (terms - mean) ** 2) / jnp.maximum(jnp.sum(weights > 0), 1)
     kept = jnp.any(weights > 0)
-    return jnp.where(kept, loss, jnp.nan), jnp.where(kept, jnp.sqrt(spread), jnp.nan)
+    return jnp.where(kept, mean, jnp.nan), jnp.where(kept, jnp.sqrt(spread), jnp.nan)
+
+
+def loss_change(key, target, group, new, old, num_samples, gamma):
+    """``L(new) - L(old)`` and its standard error, ``new`` and ``old`` each a
+    ``(loc, factor)``, from the same ``eps`` and the same ``target``: with
+    common random numbers the noise both share cancels, the draws' and, under
+    data subsampling, the subsample's level, which makes losses of different
+    steps incomparable. The error is the draws' spread. Costs
+    ``2 num_samples`` values of ``l``."""
+    eps, z_new = gaussian_samples(key, group, *new, num_samples, target.draw_sharding)
+    z_old = from_standard(group, *old, eps)
+    terms = lambda z, factor: jax.vmap(target.potential)(z) + gamma * log_prob_standard(group, factor, eps)  # noqa: E731
+    change = terms(z_new, new[1]) - terms(z_old, old[1])
+    return _mean_and_se(change, draw_weights(change))
 
 
 def _mean_hvp(fn, z, weights=None):

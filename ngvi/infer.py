@@ -72,7 +72,14 @@ class NGVI:
         :class:`ngvi.StructuredGaussianMixture` of the model; it picks the
         algorithm (:mod:`ngvi.vi.structured_gaussian` or
         :mod:`ngvi.vi.gaussian_mixture`).
-    :param step_size: ``beta``, a float or a schedule ``step -> float`` (e.g. an optax schedule).
+    :param step_size: ``beta``, a float or a schedule ``step -> float`` (e.g.
+        an optax schedule). Under data subsampling it is per pass over the data:
+        a step of ``beta n / N`` (the guide's ``subsample_fraction``), whose
+        subsample's noise leaves the mean about ``sqrt(beta / 2)`` posterior
+        standard deviations from the fixed point, as a full-data step of
+        ``beta`` has no such noise (a step of ``beta`` on ``n / N`` of the data
+        would leave it ``sqrt(beta N / 2n)`` off, and its feedback on scale
+        parameters diverges).
     :param num_samples: Monte-Carlo samples per step (drawn in antithetic pairs;
         per component for a mixture).
     :param estimator: ``"auto"`` (the default, :func:`ngvi.estimators.auto`:
@@ -168,7 +175,8 @@ class NGVI:
         """The guide's algorithm on the model's target, seeded with ``rng_key``,
         its step size scaled by ``step_scale``."""
         target = make_target(self._model_at(model_params), self.guide, rng_key, args, kwargs, self.draw_sharding)
-        step_size = lambda step: step_scale * step_size_at(self.step_size, step)  # noqa: E731
+        scale = step_scale * self.guide.subsample_fraction
+        step_size = lambda step: scale * step_size_at(self.step_size, step)  # noqa: E731
         return self.guide.algorithm(target, **{**self._settings, "step_size": step_size})
 
     def init(self, rng_key, *args, **kwargs):
@@ -298,7 +306,7 @@ class NGVI:
         with tqdm(total=self.max_steps, initial=done, disable=not progress_bar) as bar:
             while done < self.max_steps and not (check and check.converged):
                 if position == 0:  # a new batch: its length follows the step size
-                    beta = window.step_scale * _step_size(self.step_size, state)
+                    beta = window.step_scale * self.guide.subsample_fraction * _step_size(self.step_size, state)
                     batches = convergence.batch_length(beta, CHUNK, window.batch_scale)
                     num_chunks = min(batches, -(-(self.max_steps - done) // CHUNK))
                 num = min(CHUNK, self.max_steps - done)

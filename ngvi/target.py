@@ -23,11 +23,14 @@ class Target(NamedTuple):
     ``log p(x | z) = sum(scales * terms)``. Only ``estimator="gauss_newton"`` reads it.
     ``draw_sharding``, if given, a ``jax.sharding.Sharding`` of a step's
     ``(num_samples, p)`` draws: the estimators constrain their draws to it, so
-    that the compiled step evaluates the model at them spread over devices."""
+    that the compiled step evaluates the model at them spread over devices.
+    ``subsampled``: ``potential`` is an unbiased estimate on one data subsample,
+    a fresh one each step, so that losses of different steps are not comparable."""
 
     potential: Callable
     log_likelihood: Optional[Callable] = None
     draw_sharding: Optional[Any] = None
+    subsampled: bool = False
 
 
 def nonfinite_sites(trace):
@@ -57,14 +60,15 @@ def _observed_log_likelihood(model, args, kwargs, params):
 
 def make_target(model, guide, rng_key, args, kwargs, draw_sharding=None):
     """The :class:`Target` of ``model`` at ``args`` over ``guide``'s flat latent
-    vector (the guide gives only the layout); the model is seeded with
-    ``rng_key`` (one data subsample per key, as in SVI)."""
+    vector (the guide gives the layout and whether a plate subsamples); the
+    model is seeded with ``rng_key`` (one data subsample per key, as in SVI)."""
     model = handlers.seed(model, rng_key)
     unpack = guide._unpack_latent
     return Target(
         potential=lambda z: potential_energy(model, args, kwargs, unpack(z)),
         log_likelihood=lambda z: _observed_log_likelihood(model, args, kwargs, unpack(z)),
         draw_sharding=draw_sharding,
+        subsampled=guide.subsample_fraction < 1,
     )
 
 

@@ -15,6 +15,8 @@ from numpyro.infer import init_to_value
 
 from group_cases import CASES, IDS, random_element
 from ngvi import NGVI, StructuredGaussian, StructuredGaussianMixture, groups, vi
+from ngvi import estimators as ngvi_estimators
+from ngvi.target import Target
 
 KEY = jax.random.PRNGKey(0)
 
@@ -179,6 +181,35 @@ def test_rejected_step_reports_itself_and_keeps_the_state():
     np.testing.assert_array_equal(new.loc, state.loc)
     np.testing.assert_array_equal(new.factor.matrix, state.factor.matrix)
     assert int(new.step) == 1
+
+
+def test_a_subsampled_target_compares_losses_on_its_own_subsample():
+    """Data subsampling moves the level of ``l`` by far more than the draws' noise
+    from step to step; here ``l_t = l + c_t`` with ``c_t ~ N(0, 1000^2)`` fresh each
+    step. Compared across steps (``subsampled=False``) the losses jump and steps
+    are undone; a ``Target(subsampled=True)`` compares the state with its backup
+    on the same ``l_t`` and common draws, where ``c_t`` cancels: no step is undone,
+    and the in-family Gaussian is recovered as without the noise."""
+    mean, precision = in_family_target(groups.Dense(), 4)
+    potential = gaussian_potential(mean, precision)
+    estimator = ngvi_estimators.resolve("auto")
+
+    def fit(subsampled):
+        def one(state, key):
+            level_key, step_key = jax.random.split(key)
+            level = 1000.0 * jax.random.normal(level_key)
+            target = Target(lambda z: potential(z) + level, subsampled=subsampled)
+            return vi.structured_gaussian.step(step_key, state, target, groups.Dense(), estimator)
+
+        start = vi.structured_gaussian.init(jnp.zeros(4), groups.Dense(), 1.0)
+        return jax.jit(lambda s: jax.lax.scan(one, s, jax.random.split(KEY, 60)))(start)
+
+    state, info = fit(subsampled=True)
+    assert not np.any(info.rejected)
+    np.testing.assert_allclose(state.loc, mean, atol=1e-4)
+    b = np.asarray(state.factor.matrix)
+    np.testing.assert_allclose(b @ b.T, precision, rtol=1e-4, atol=1e-4)
+    assert np.mean(fit(subsampled=False)[1].rejected) > 0.2
 
 
 def test_step_size_radius_has_a_floor_under_repeated_rejections():

@@ -27,9 +27,12 @@ def check_continuous_latents(prototype_trace):
             )
 
 
-def check_subsample_sizes(prototype_trace):
-    """Raise ``ValueError`` naming the first plate whose ``subsample_size``
-    exceeds its size (NumPyro would warn and use the whole plate unscaled)."""
+def subsample_fraction(prototype_trace):
+    """The smallest ``subsample_size / size`` of the plates of ``prototype_trace``
+    (1 without subsampling); ``ValueError`` naming the first plate whose
+    ``subsample_size`` exceeds its size (NumPyro would warn and use the whole
+    plate unscaled)."""
+    fraction = 1.0
     for name, site in prototype_trace.items():
         if site["type"] == "plate":
             size, subsample_size = site["args"]
@@ -38,6 +41,9 @@ def check_subsample_sizes(prototype_trace):
                     f"Plate '{name}' has subsample_size={subsample_size}, larger than its size {size}: "
                     f"pass a subsample_size of at most {size} (or None for the whole plate)."
                 )
+            if subsample_size is not None:
+                fraction = min(fraction, subsample_size / size)
+    return fraction
 
 
 class StructuredGaussian(AutoContinuous):
@@ -53,6 +59,9 @@ class StructuredGaussian(AutoContinuous):
     :param group: a :mod:`ngvi.groups` group (default :class:`~ngvi.groups.Dense`).
     :param init_loc_fn: a per-site NumPyro initialisation strategy.
     :param init_scale: initial standard deviation in the unconstrained space.
+
+    ``subsample_fraction``, once set up: the smallest ``subsample_size / size``
+    of the model's plates (1 without data subsampling).
     """
 
     def __init__(self, model, *, group=None, prefix="auto", init_loc_fn=init_to_uniform, init_scale=0.1):
@@ -60,6 +69,7 @@ class StructuredGaussian(AutoContinuous):
             raise ValueError(f"init_scale must be positive, got {init_scale}.")
         self.group = Dense() if group is None else group
         self._init_scale = init_scale
+        self.subsample_fraction = 1.0
         super().__init__(model, prefix=prefix, init_loc_fn=init_loc_fn)
 
     def _setup_prototype(self, *args, **kwargs):
@@ -69,7 +79,7 @@ class StructuredGaussian(AutoContinuous):
         with numpyro.handlers.block():
             trace = numpyro.handlers.trace(seeded).get_trace(*args, **kwargs)
         check_continuous_latents(trace)
-        check_subsample_sizes(trace)
+        self.subsample_fraction = subsample_fraction(trace)
         try:
             super()._setup_prototype(*args, **kwargs)
         except RuntimeError as err:  # NumPyro found no point with a finite log density

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from ngvi import gaussian
-from ngvi.estimators import gaussian_samples, resolve, sample_loss
+from ngvi.estimators import gaussian_samples, loss_change, resolve, sample_loss
 from ngvi.groups import Dense
 from ngvi.ngd import is_finite, natural_gradient_step
 from ngvi.vi.base import VIAlgorithm, as_target, check_num_samples, keep_if, step_size_at
@@ -123,7 +123,10 @@ def step(
     or jumped more than ``LOSS_JUMP_SE`` of the backup's standard errors plus
     ``LOSS_JUMP_NATS`` above the backup's loss: then the state returns to the backup (the last move
     is undone) and the radius halves; an accepted step makes the state the
-    backup and grows the radius back towards 1.
+    backup and grows the radius back towards 1. On a ``target.subsampled``
+    target the jump is :func:`ngvi.estimators.loss_change` from the backup on
+    this step's subsample and fresh common draws, against its own standard
+    error (``2 num_samples`` more values of ``l``).
     Returns ``(state, StructuredGaussianInfo)``."""
     estimate_key, step_key = jax.random.split(rng_key)
     radius = 1.0 if state.radius is None else state.radius
@@ -139,8 +142,15 @@ def step(
         new_state = StructuredGaussianState(loc, factor, state.step + 1)
     else:
         backup_loc, backup_factor, backup_loss, backup_se = state.backup
-        jump = LOSS_JUMP_SE * backup_se + LOSS_JUMP_NATS
-        undo = ~jnp.isfinite(estimate.loss) | (estimate.loss > backup_loss + jump)
+        if target.subsampled:  # the backup's loss was on another subsample: compare on this one
+            change_key = jax.random.fold_in(rng_key, 2)
+            change, change_se = loss_change(
+                change_key, target, group, (state.loc, state.factor), (backup_loc, backup_factor), num_samples, gamma
+            )
+            jumped = change > LOSS_JUMP_SE * change_se + LOSS_JUMP_NATS
+        else:
+            jumped = estimate.loss > backup_loss + LOSS_JUMP_SE * backup_se + LOSS_JUMP_NATS
+        undo = ~jnp.isfinite(estimate.loss) | jumped
         accept = accept & ~undo
         fallback = keep_if(undo, (backup_loc, backup_factor), (state.loc, state.factor))
         loc, factor = keep_if(accept, (loc, factor), fallback)

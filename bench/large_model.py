@@ -1,0 +1,263 @@
+"""The crossed random-effects model at scale: cost per step against p, and accuracy against a long run.
+
+    python bench/large_model.py scaling [--sizes 1000,10000,100000,1000000] [--steps 20]
+    python bench/large_model.py accuracy [--dim 10000] [--max-steps 5000]
+
+The model is :mod:`ngvi.models.crossed_effects` with ``(p - 8) / 2`` units of each
+kind, 10 observations per latent dimension and a subsample of 10^4 per step
+(``subsample_size`` is capped by the data), float32, every method from the same
+uniform start of NumPyro's ``init_to_uniform``:
+
+* ``ngvi``: ``NGVI(model, StructuredGaussian(model, group=BlockUpperTriangular(8)))``
+  at its defaults (``estimator="auto"``: 8 draws, ``k + 4`` Hessian-vector products each);
+* ``lowrank`` and ``diagonal``: ``SVI`` with ``optax.adam(1e-2)``, ``Trace_ELBO()``
+  (one draw) on ``AutoLowRankMultivariateNormal(rank=8)`` and ``AutoDiagonalNormal``.
+
+``scaling`` runs each (method, p) in a fresh process: compile time of one
+jit-compiled step, the median step time over ``--steps`` steps, the step's
+peak memory (``VmHWM`` reset before the steps, as ``bench/groups.py``), and
+gradient evaluations per step (a Hessian-vector product counts as two).
+
+``accuracy`` fits at ``--dim``: a reference by ``run(key, None)`` on all the
+data (no subsampling), then ngvi on the subsample with ``run(key, None)`` and
+``max_steps=--max-steps``, and the Adam baselines on the subsample for 10
+times ngvi's wall time (errors at ten times along the way). Errors against the reference: the
+RMS over coordinates of ``(mean - mean_ref) / sd_ref``, the RMS of
+``log(sd / sd_ref)``, and the coverage of the generating values by the
+central 90% intervals of the unconstrained marginals.
+
+Results: ``bench/results/large_model_<mode>.json`` and ``.md``.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _util import loglog_slope, peak_mib, release_free_memory, reset_peak, rss_mib  # noqa: E402
+
+METHODS = ("ngvi", "lowrank", "diagonal")
+SUBSAMPLE, OBS_PER_DIM, RANK, LEARNING_RATE = 10_000, 10, 8, 1e-2
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+
+
+def problem(p, subsample=SUBSAMPLE, seed=0):
+    """``(data, truth)`` of the crossed-effects model with ``p`` latent dimensions."""
+    from ngvi.models import crossed_effects
+
+    units, num_obs = (p - 8) // 2, OBS_PER_DIM * p
+    return crossed_effects.simulate(
+        num_a=units, num_b=units, num_obs=num_obs, subsample_size=None if subsample is None else min(subsample, num_obs),
+        seed=seed,
+    )
+
+
+def make_fit(method, model, data):
+    """``(init(key) -> state, step(state) -> (state, num_grads), params(state) -> guide params, guide)``."""
+    import jax
+    import optax
+    from numpyro.infer import SVI, Trace_ELBO
+    from numpyro.infer.autoguide import AutoDiagonalNormal, AutoLowRankMultivariateNormal
+
+    from ngvi import NGVI, StructuredGaussian
+    from ngvi.groups import BlockUpperTriangular
+
+    if method == "ngvi":
+        guide = StructuredGaussian(model, group=BlockUpperTriangular(RANK))
+        fit = NGVI(model, guide)
+
+        def step(state):
+            state, info = fit._update(state, (), data)
+            return state, info.num_grads
+
+        return (lambda key: fit.init(key, **data)), step, fit.get_params, guide
+    guide = AutoLowRankMultivariateNormal(model, rank=RANK) if method == "lowrank" else AutoDiagonalNormal(model)
+    svi = SVI(model, guide, optax.adam(LEARNING_RATE), Trace_ELBO())
+
+    def svi_step(state):
+        return svi.update(state, **data)[0], jax.numpy.ones((), jax.numpy.int32)
+
+    return (lambda key: svi.init(key, **data)), svi_step, svi.get_params, guide
+
+
+def measure(method, p, num_steps):
+    """Compile time, median step time, peak memory and gradients per step of one (method, p)."""
+    import jax
+
+    from ngvi.models import crossed_effects
+
+    data, _ = problem(p)
+    init, step, _, _ = make_fit(method, crossed_effects.model, data)
+    state = jax.block_until_ready(init(jax.random.PRNGKey(0)))
+    t0 = time.perf_counter()
+    compiled = jax.jit(step).lower(state).compile()
+    compile_s = time.perf_counter() - t0
+    state, num_grads = jax.block_until_ready(compiled(state))
+    release_free_memory()
+    baseline = rss_mib()
+    reset_peak()
+    times = []
+    for _ in range(num_steps):
+        t0 = time.perf_counter()
+        state, num_grads = jax.block_until_ready(compiled(state))
+        times.append(time.perf_counter() - t0)
+    leaves = jax.tree.leaves(state)
+    return dict(
+        method=method, p=p, num_obs=OBS_PER_DIM * p, compile_s=compile_s, step_ms=1e3 * float(np.median(times)),
+        peak_mib=peak_mib() - baseline, num_grads=int(num_grads), finite=all(bool(np.all(np.isfinite(x))) for x in leaves),
+    )
+
+
+def subprocess_rows(args, timeout):
+    """Run this file with ``args`` in a fresh interpreter; its JSON lines, or an error row."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    try:
+        proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return [dict(error=f"timeout after {timeout} s")]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode:
+        rows.append(dict(error=(proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]))
+    return rows
+
+
+def scaling(sizes, num_steps):
+    rows = []
+    print(f"{'method':<9} {'p':>8} {'compile s':>10} {'ms/step':>9} {'peak MiB':>9} {'grads/step':>11}", flush=True)
+    for p in sizes:
+        for method in METHODS:
+            for row in subprocess_rows(["--worker", method, str(p), str(num_steps)], timeout=1800):
+                row = {"method": method, "p": p, **row}
+                rows.append(row)
+                if "error" in row:
+                    print(f"{method:<9} {p:>8}  ERROR: {row['error']}", flush=True)
+                else:
+                    print(
+                        f"{method:<9} {p:>8} {row['compile_s']:>10.1f} {row['step_ms']:>9.1f} {row['peak_mib']:>9.1f}"
+                        f" {row['num_grads']:>11}", flush=True,
+                    )
+    slopes = {}
+    for method in METHODS:
+        ok = [r for r in rows if r["method"] == method and "error" not in r]
+        slopes[method] = dict(
+            time=loglog_slope([r["p"] for r in ok], [r["step_ms"] for r in ok]),
+            memory=loglog_slope([r["p"] for r in ok], [r["peak_mib"] for r in ok]),
+        )
+        print(f"{method}: log-log slope of time per step {slopes[method]['time']}, of peak memory {slopes[method]['memory']}")
+    return dict(rows=rows, slopes=slopes)
+
+
+def marginals(guide, params):
+    """Means and sds of the fitted guide's unconstrained marginals."""
+    posterior = guide.get_posterior(params)
+    return np.asarray(posterior.mean), np.sqrt(np.asarray(posterior.variance))
+
+
+def truth_vector(truth):
+    """The generating values in the unconstrained latent layout."""
+    return np.concatenate([
+        [truth["beta0"]], truth["beta"], [np.log(truth["sigma_a"])], [np.log(truth["sigma_b"])], truth["z_a"], truth["z_b"]
+    ])
+
+
+def errors(mean, sd, ref_mean, ref_sd, truth):
+    inside = np.abs(truth - mean) <= 1.6448536 * sd
+    return dict(
+        mean_rms=float(np.sqrt(np.mean(((mean - ref_mean) / ref_sd) ** 2))),
+        log_sd_rms=float(np.sqrt(np.mean(np.log(sd / ref_sd) ** 2))),
+        coverage_90=float(np.mean(inside)),
+    )
+
+
+def fit_ngvi(data, max_steps, key):
+    """``run(key, None)`` at the defaults: ``(guide, params, seconds, steps, converged, gradients)``."""
+    import jax
+
+    from ngvi import NGVI, StructuredGaussian
+    from ngvi.groups import BlockUpperTriangular
+    from ngvi.models import crossed_effects
+
+    guide = StructuredGaussian(crossed_effects.model, group=BlockUpperTriangular(RANK))
+    t0 = time.perf_counter()
+    result = NGVI(crossed_effects.model, guide, max_steps=max_steps).run(key, None, progress_bar=False, **data)
+    jax.block_until_ready(result.params)
+    seconds, num_grads = time.perf_counter() - t0, int(np.sum(np.asarray(result.info.num_grads)))
+    return guide, result.params, seconds, len(result.losses), bool(result.converged), num_grads
+
+
+def fit_adam(method, data, seconds, key, reference, truth, num_checks=10):
+    """Adam for ``seconds`` of wall time (compilation included), its errors at ``num_checks`` times."""
+    import jax
+
+    from ngvi.models import crossed_effects
+
+    init, step, get_params, guide = make_fit(method, crossed_effects.model, data)
+    t0 = time.perf_counter()
+    state, step = init(key), jax.jit(step)
+    curve, done = [], 0
+    for check in range(1, num_checks + 1):
+        while time.perf_counter() - t0 < check * seconds / num_checks:
+            for _ in range(100):
+                state, _ = step(state)
+            done += 100
+            jax.block_until_ready(state)
+        mean, sd = marginals(guide, get_params(state))
+        curve.append(dict(seconds=time.perf_counter() - t0, steps=done, **errors(mean, sd, *reference, truth)))
+    return curve
+
+
+def accuracy(dim, max_steps):
+    """ngvi on the subsample and Adam for 10x its time, against a full-data ngvi run."""
+    import jax
+
+    full, truth = problem(dim, subsample=None)
+    sub, _ = problem(dim)
+    truth = truth_vector(truth)
+    guide, params, seconds, steps, converged, grads = fit_ngvi(full, 10_000, jax.random.PRNGKey(1))
+    reference = marginals(guide, params)
+    rows = [dict(method="ngvi, all data (reference)", seconds=seconds, steps=steps, converged=converged, num_grads=grads,
+                 **errors(*reference, *reference, truth))]
+    guide, params, seconds, steps, converged, grads = fit_ngvi(sub, max_steps, jax.random.PRNGKey(2))
+    budget = seconds
+    rows.append(dict(method="ngvi, subsampled", seconds=seconds, steps=steps, converged=converged, num_grads=grads,
+                     **errors(*marginals(guide, params), *reference, truth)))
+    for method in ("lowrank", "diagonal"):
+        curve = fit_adam(method, sub, 10 * budget, jax.random.PRNGKey(3), reference, truth)
+        rows.append(dict(method=f"{method} + Adam, subsampled", num_grads=curve[-1]["steps"], curve=curve, **curve[-1]))
+    print(f"{'method':<28} {'s':>7} {'steps':>7} {'grads':>10} {'mean err':>9} {'log-sd err':>10} {'cover 90':>9}")
+    for r in rows:
+        print(f"{r['method']:<28} {r['seconds']:>7.0f} {r['steps']:>7} {r['num_grads']:>10} {r['mean_rms']:>9.3f}"
+              f" {r['log_sd_rms']:>10.3f} {r['coverage_90']:>9.3f}", flush=True)
+    return dict(dim=dim, rows=rows)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", nargs="?", choices=["scaling", "accuracy"], default="scaling")
+    parser.add_argument("--sizes", default="1000,10000,100000,1000000")
+    parser.add_argument("--steps", type=int, default=20, help="scaling: steps timed per (method, p)")
+    parser.add_argument("--dim", type=int, default=10_000, help="accuracy: latent dimensions")
+    parser.add_argument("--max-steps", type=int, default=5_000, help="accuracy: the subsampled fit's max_steps")
+    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        method, p, num_steps = args.worker
+        print(json.dumps(measure(method, int(p), int(num_steps))), flush=True)
+        return
+    if args.mode == "scaling":
+        result = scaling([int(float(s)) for s in args.sizes.split(",")], args.steps)
+    else:
+        result = accuracy(args.dim, args.max_steps)
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, f"large_model_{args.mode}.json"), "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
