@@ -271,7 +271,7 @@ class NGVI:
         _check_num_steps(num_steps)
         if int(checkpoint_every) != checkpoint_every or checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be a positive number of steps, got {checkpoint_every!r}.")
-        state = self.init(rng_key, *args, **kwargs) if init_state is None else init_state
+        state = self.init(rng_key, *args, **kwargs) if init_state is None else _check_init_state(init_state)
         recorder = _Recorder(self, checkpoint, checkpoint_every, num_steps, state, args, kwargs)
         if init_state is not None and recorder.resumed is not None:
             raise ValueError(f"init_state was given and checkpoint {checkpoint!r} exists: pass one of them.")
@@ -425,6 +425,21 @@ def _check_num_steps(num_steps):
         f"num_steps must be a positive int, or None to run until converged; got {type(num_steps).__name__}{shape}"
         f" {num_steps!r:.60}. The model's arguments come after it: run(rng_key, num_steps, *args, **kwargs)."
     )
+
+
+def _check_init_state(state):
+    """``state``, after checking that its floating-point arrays are of the
+    run's default float (float64 with ``jax_enable_x64``, else float32)."""
+    expected = jnp.result_type(float)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.floating) and jnp.result_type(leaf) != expected:
+            raise ValueError(
+                f"init_state{jax.tree_util.keystr(path)} is {jnp.result_type(leaf)}, but this run computes in {expected}"
+                f" (jax_enable_x64 is {'on' if expected == jnp.float64 else 'off'}): convert the state, e.g. "
+                f"jax.tree.map(lambda x: x.astype(jnp.{expected}) if jnp.issubdtype(x.dtype, jnp.floating) else x,"
+                " state), or start afresh."
+            )
+    return state
 
 
 def _step_size(step_size, state):

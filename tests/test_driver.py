@@ -285,6 +285,20 @@ def test_subsampled_fit_matches_full_data(logistic):
     np.testing.assert_allclose(np.sqrt(sub_q.variance / full_q.variance), 1.0, atol=0.05)
 
 
+def test_an_init_state_of_another_float_type_is_refused():
+    """A float32 ``init_state`` given to a float64 run (``jax_enable_x64`` on, as
+    in these tests) is a ValueError naming the array and both types (it used to
+    fail deep inside a compiled loop); the same state converted runs."""
+    data = logistic_regression.data()
+    fit = NGVI(logistic_regression.model, StructuredGaussian(logistic_regression.model, group=groups.Diagonal()))
+    state = fit.init(KEY, **data)
+    to32 = jax.tree.map(lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+    with pytest.raises(ValueError, match=r"init_state\.vi_state\.loc is float32, but this run computes in float64"):
+        fit.run(KEY, 2, progress_bar=False, init_state=to32, **data)
+    back = jax.tree.map(lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, to32)
+    assert np.all(np.isfinite(fit.run(KEY, 2, progress_bar=False, init_state=back, **data).losses))
+
+
 def test_a_subsample_larger_than_its_plate_is_refused():
     """``subsample_size`` above the plate's size (NumPyro would only warn and use
     the whole plate) raises ValueError naming the plate and both sizes."""
