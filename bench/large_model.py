@@ -212,10 +212,16 @@ def fit_adam(method, data, seconds, key, reference, truth, num_checks=10):
     return curve
 
 
+def print_accuracy_row(r):
+    print(f"{r['method']:<28} {r['seconds']:>7.0f} {r['steps']:>7} {r['num_grads']:>10} {r['mean_rms']:>9.3f}"
+          f" {r['log_sd_rms']:>10.3f} {r['coverage_90']:>9.3f}", flush=True)
+
+
 def accuracy(dim, max_steps):
     """ngvi on the subsample and Adam for 10x its time, against a full-data ngvi run."""
     import jax
 
+    print(f"{'method':<28} {'s':>7} {'steps':>7} {'grads':>10} {'mean err':>9} {'log-sd err':>10} {'cover 90':>9}")
     full, truth = problem(dim, subsample=None)
     sub, _ = problem(dim)
     truth = truth_vector(truth)
@@ -223,17 +229,16 @@ def accuracy(dim, max_steps):
     reference = marginals(guide, params)
     rows = [dict(method="ngvi, all data (reference)", seconds=seconds, steps=steps, converged=converged, num_grads=grads,
                  **errors(*reference, *reference, truth))]
+    print_accuracy_row(rows[-1])
     guide, params, seconds, steps, converged, grads = fit_ngvi(sub, max_steps, jax.random.PRNGKey(2))
     budget = seconds
     rows.append(dict(method="ngvi, subsampled", seconds=seconds, steps=steps, converged=converged, num_grads=grads,
                      **errors(*marginals(guide, params), *reference, truth)))
+    print_accuracy_row(rows[-1])
     for method in ("lowrank", "diagonal"):
         curve = fit_adam(method, sub, 10 * budget, jax.random.PRNGKey(3), reference, truth)
         rows.append(dict(method=f"{method} + Adam, subsampled", num_grads=curve[-1]["steps"], curve=curve, **curve[-1]))
-    print(f"{'method':<28} {'s':>7} {'steps':>7} {'grads':>10} {'mean err':>9} {'log-sd err':>10} {'cover 90':>9}")
-    for r in rows:
-        print(f"{r['method']:<28} {r['seconds']:>7.0f} {r['steps']:>7} {r['num_grads']:>10} {r['mean_rms']:>9.3f}"
-              f" {r['log_sd_rms']:>10.3f} {r['coverage_90']:>9.3f}", flush=True)
+        print_accuracy_row(rows[-1])
     return dict(dim=dim, rows=rows)
 
 
