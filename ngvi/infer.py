@@ -432,9 +432,10 @@ def _check_init_state(state):
     run's default float (float64 with ``jax_enable_x64``, else float32)."""
     expected = jnp.result_type(float)
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-        if jnp.issubdtype(jnp.result_type(leaf), jnp.floating) and jnp.result_type(leaf) != expected:
+        dtype = jnp.result_type(leaf)
+        if jnp.issubdtype(dtype, jnp.floating) and dtype != expected:
             raise ValueError(
-                f"init_state{jax.tree_util.keystr(path)} is {jnp.result_type(leaf)}, but this run computes in {expected}"
+                f"init_state{jax.tree_util.keystr(path)} is {dtype}, but this run computes in {expected}"
                 f" (jax_enable_x64 is {'on' if expected == jnp.float64 else 'off'}): convert the state, e.g. "
                 f"jax.tree.map(lambda x: x.astype(jnp.{expected}) if jnp.issubdtype(x.dtype, jnp.floating) else x,"
                 " state), or start afresh."
