@@ -9,6 +9,7 @@ guide for its algorithm (:meth:`ngvi.StructuredGaussian.algorithm`) and takes
 one step of it.
 """
 
+import math
 import numbers
 import os
 from functools import partial
@@ -111,14 +112,16 @@ class NGVI:
         must reach in every coordinate (at 99%), for the means in posterior
         standard deviations and for the scales relative (:mod:`ngvi.convergence`).
     :param max_steps: for ``run(key, None, ...)``: the most steps it takes.
-    :param mesh: a ``jax.sharding.Mesh`` over which each step's draws are
-        spread (split along all its axes; ``num_samples`` a multiple of its
-        size): the step stays one compiled program, XLA's partitioner places
-        the model's evaluations and sums (no hand-written communication), and
-        the result is the one-device result up to float rounding. Data placed
-        with ``jax.device_put`` on the same mesh stays there. For several hosts,
-        call ``jax.distributed.initialize()`` first and pass a mesh of
-        ``jax.devices()``.
+    :param mesh: a ``jax.sharding.Mesh`` over which each step is spread: its
+        draws along all the mesh's axes but ``"data"`` (``num_samples`` a
+        multiple of their size) and, under data subsampling, each plate's
+        subsample along the axis ``"data"`` if the mesh has one
+        (``subsample_size`` a multiple of its size). The step stays one
+        compiled program, XLA's partitioner places the model's evaluations and
+        sums (no hand-written communication), and the result is the one-device
+        result up to float rounding. Data placed with ``jax.device_put`` on the
+        same mesh stays there. For several hosts, call
+        ``jax.distributed.initialize()`` first and pass a mesh of ``jax.devices()``.
     """
 
     def __init__(
@@ -148,7 +151,7 @@ class NGVI:
         if not tol > 0 or int(max_steps) != max_steps or max_steps < 1:
             raise ValueError(f"tol must be positive and max_steps a positive integer, got tol={tol}, max_steps={max_steps}.")
         self.tol, self.max_steps = tol, int(max_steps)
-        self.draw_sharding = _draw_sharding(mesh, num_samples)
+        self.draw_sharding, self.subsample_sharding = _mesh_shardings(mesh, num_samples)
         self.model, self.guide, self.warm_start = model, guide, warm_start
         self._param_constraints = {}
         self.step_size, self.num_samples, self.estimator, self.gamma = step_size, num_samples, estimator, gamma
@@ -174,7 +177,9 @@ class NGVI:
     def _algorithm(self, rng_key, args, kwargs, model_params, step_scale=1.0):
         """The guide's algorithm on the model's target, seeded with ``rng_key``,
         its step size scaled by ``step_scale``."""
-        target = make_target(self._model_at(model_params), self.guide, rng_key, args, kwargs, self.draw_sharding)
+        target = make_target(
+            self._model_at(model_params), self.guide, rng_key, args, kwargs, self.draw_sharding, self.subsample_sharding
+        )
         scale = step_scale * self.guide.subsample_fraction
         step_size = lambda step: scale * step_size_at(self.step_size, step)  # noqa: E731
         return self.guide.algorithm(target, **{**self._settings, "step_size": step_size})
@@ -188,6 +193,7 @@ class NGVI:
         init_key, check_key, state_key = jax.random.split(rng_key, 3)
         with handlers.block():
             handlers.seed(self.guide, init_key)(*args, **kwargs)
+        _check_subsamples_split(self.guide.subsampled_plates, self.subsample_sharding)
         vi_state = self.guide.init_state()
         first_loc = jnp.reshape(vi_state.loc, (-1, jnp.shape(vi_state.loc)[-1]))[0]
         sites = model_param_sites(self.model, self.guide, check_key, first_loc, args, kwargs)
@@ -401,18 +407,44 @@ class _Recorder:
             self.last = steps
 
 
-def _draw_sharding(mesh, num_samples):
-    """The sharding of a step's ``(num_samples, p)`` draws over all of ``mesh``'s axes (``None`` without a mesh)."""
+DATA_AXIS = "data"
+
+
+def _mesh_shardings(mesh, num_samples):
+    """``(draw sharding, subsample sharding)`` on ``mesh`` (``(None, None)`` without
+    one): a step's ``(num_samples, p)`` draws split along all the mesh's axes but
+    :data:`DATA_AXIS`, a plate's subsample indices along :data:`DATA_AXIS` (``None``
+    if the mesh has no such axis)."""
     if mesh is None:
-        return None
+        return None, None
     if not isinstance(mesh, jax.sharding.Mesh):
         raise ValueError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}.")
-    if int(num_samples) % mesh.size:
+    draw_axes = tuple(name for name in mesh.axis_names if name != DATA_AXIS)
+    num_devices = math.prod(mesh.shape[name] for name in draw_axes)
+    if int(num_samples) % num_devices:
+        axes = f"axes {dict(mesh.shape)}" + (f" but {DATA_AXIS!r}" if DATA_AXIS in mesh.shape else "")
         raise ValueError(
-            f"num_samples={num_samples} draws do not split over the mesh's {mesh.size} devices"
-            f" (axes {dict(mesh.shape)}): pass a multiple of {mesh.size}."
+            f"num_samples={num_samples} draws do not split over the mesh's {num_devices} devices"
+            f" ({axes}): pass a multiple of {num_devices}."
         )
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names, None))
+    spec = jax.sharding.PartitionSpec
+    draws = jax.sharding.NamedSharding(mesh, spec(draw_axes or None, None))
+    subsample = jax.sharding.NamedSharding(mesh, spec(DATA_AXIS)) if DATA_AXIS in mesh.shape else None
+    return draws, subsample
+
+
+def _check_subsamples_split(plates, subsample_sharding):
+    """``ValueError`` naming the first subsampling plate whose ``subsample_size``
+    does not split over the devices of the mesh's :data:`DATA_AXIS`."""
+    if subsample_sharding is None:
+        return
+    num_devices = subsample_sharding.mesh.shape[DATA_AXIS]
+    for name, (_, subsample_size) in plates.items():
+        if subsample_size % num_devices:
+            raise ValueError(
+                f"Plate '{name}' has subsample_size={subsample_size}, which does not split over the mesh's"
+                f" {DATA_AXIS!r} axis of {num_devices} devices: pass a multiple of {num_devices}."
+            )
 
 
 def _check_num_steps(num_steps):

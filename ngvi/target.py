@@ -11,8 +11,9 @@ import numpy as np
 from numpyro import handlers
 from numpyro.distributions import constraints
 from numpyro.infer.util import _unconstrain_reparam, potential_energy
+from numpyro.primitives import Messenger
 
-__all__ = ["Target", "make_target", "check_initial_point", "model_param_sites", "nonfinite_sites"]
+__all__ = ["Target", "make_target", "shard_subsamples", "check_initial_point", "model_param_sites", "nonfinite_sites"]
 
 
 class Target(NamedTuple):
@@ -58,11 +59,29 @@ def _observed_log_likelihood(model, args, kwargs, params):
     return jnp.concatenate(terms), jnp.concatenate(scales)
 
 
-def make_target(model, guide, rng_key, args, kwargs, draw_sharding=None):
+class shard_subsamples(Messenger):
+    """Constrain the indices of every plate that subsamples its data to
+    ``sharding`` (a ``jax.sharding.Sharding`` of a vector), so that XLA's
+    partitioner splits the model's per-observation work over its devices."""
+
+    def __init__(self, fn=None, sharding=None):
+        self.sharding = sharding
+        super().__init__(fn)
+
+    def postprocess_message(self, msg):
+        size, subsample_size = msg["args"] if msg["type"] == "plate" else (None, None)
+        if subsample_size is not None and subsample_size < size:
+            msg["value"] = jax.lax.with_sharding_constraint(msg["value"], self.sharding)
+
+
+def make_target(model, guide, rng_key, args, kwargs, draw_sharding=None, subsample_sharding=None):
     """The :class:`Target` of ``model`` at ``args`` over ``guide``'s flat latent
     vector (the guide gives the layout and whether a plate subsamples); the
-    model is seeded with ``rng_key`` (one data subsample per key, as in SVI)."""
+    model is seeded with ``rng_key`` (one data subsample per key, as in SVI),
+    its subsamples' indices constrained to ``subsample_sharding`` if given."""
     model = handlers.seed(model, rng_key)
+    if subsample_sharding is not None:
+        model = shard_subsamples(model, subsample_sharding)
     unpack = guide._unpack_latent
     return Target(
         potential=lambda z: potential_energy(model, args, kwargs, unpack(z)),

@@ -27,12 +27,12 @@ def check_continuous_latents(prototype_trace):
             )
 
 
-def subsample_fraction(prototype_trace):
-    """The smallest ``subsample_size / size`` of the plates of ``prototype_trace``
-    (1 without subsampling); ``ValueError`` naming the first plate whose
+def subsampled_plates(prototype_trace):
+    """``{name: (size, subsample_size)}`` of the plates of ``prototype_trace``
+    that subsample their data; ``ValueError`` naming the first plate whose
     ``subsample_size`` exceeds its size (NumPyro would warn and use the whole
     plate unscaled)."""
-    fraction = 1.0
+    plates = {}
     for name, site in prototype_trace.items():
         if site["type"] == "plate":
             size, subsample_size = site["args"]
@@ -41,9 +41,9 @@ def subsample_fraction(prototype_trace):
                     f"Plate '{name}' has subsample_size={subsample_size}, larger than its size {size}: "
                     f"pass a subsample_size of at most {size} (or None for the whole plate)."
                 )
-            if subsample_size is not None:
-                fraction = min(fraction, subsample_size / size)
-    return fraction
+            if subsample_size is not None and subsample_size < size:
+                plates[name] = (size, subsample_size)
+    return plates
 
 
 class StructuredGaussian(AutoContinuous):
@@ -60,8 +60,8 @@ class StructuredGaussian(AutoContinuous):
     :param init_loc_fn: a per-site NumPyro initialisation strategy.
     :param init_scale: initial standard deviation in the unconstrained space.
 
-    ``subsample_fraction``, once set up: the smallest ``subsample_size / size``
-    of the model's plates (1 without data subsampling).
+    Once set up, ``subsampled_plates``: ``{name: (size, subsample_size)}`` of
+    the model's plates that subsample their data (:func:`subsampled_plates`).
     """
 
     def __init__(self, model, *, group=None, prefix="auto", init_loc_fn=init_to_uniform, init_scale=0.1):
@@ -69,8 +69,13 @@ class StructuredGaussian(AutoContinuous):
             raise ValueError(f"init_scale must be positive, got {init_scale}.")
         self.group = Dense() if group is None else group
         self._init_scale = init_scale
-        self.subsample_fraction = 1.0
+        self.subsampled_plates = {}
         super().__init__(model, prefix=prefix, init_loc_fn=init_loc_fn)
+
+    @property
+    def subsample_fraction(self):
+        """The smallest ``subsample_size / size`` of the model's plates (1 without data subsampling)."""
+        return min((n / size for size, n in self.subsampled_plates.values()), default=1.0)
 
     def _setup_prototype(self, *args, **kwargs):
         # Latents start where init_to_uniform puts them (as NumPyro's own set-up
@@ -79,7 +84,7 @@ class StructuredGaussian(AutoContinuous):
         with numpyro.handlers.block():
             trace = numpyro.handlers.trace(seeded).get_trace(*args, **kwargs)
         check_continuous_latents(trace)
-        self.subsample_fraction = subsample_fraction(trace)
+        self.subsampled_plates = subsampled_plates(trace)
         try:
             super()._setup_prototype(*args, **kwargs)
         except RuntimeError as err:  # NumPyro found no point with a finite log density
