@@ -11,9 +11,9 @@ import numpy as np
 from numpyro import handlers
 from numpyro.distributions import constraints
 from numpyro.infer.util import _unconstrain_reparam, potential_energy
-from numpyro.primitives import Messenger
+from numpyro.primitives import Messenger, _subsample_fn
 
-__all__ = ["Target", "make_target", "shard_subsamples", "check_initial_point", "model_param_sites", "nonfinite_sites"]
+__all__ = ["Target", "make_target", "draw_subsamples", "substitute_subsamples", "check_initial_point", "model_param_sites", "nonfinite_sites"]
 
 
 class Target(NamedTuple):
@@ -59,29 +59,51 @@ def _observed_log_likelihood(model, args, kwargs, params):
     return jnp.concatenate(terms), jnp.concatenate(scales)
 
 
-class shard_subsamples(Messenger):
-    """Constrain the indices of every plate that subsamples its data to
-    ``sharding`` (a ``jax.sharding.Sharding`` of a vector), so that XLA's
-    partitioner splits the model's per-observation work over its devices."""
+class substitute_subsamples(Messenger):
+    """Give each plate named in ``subsamples`` those indices as its data
+    subsample, instead of drawing them in every evaluation of the model."""
 
-    def __init__(self, fn=None, sharding=None):
-        self.sharding = sharding
+    def __init__(self, fn=None, subsamples=None):
+        self.subsamples = subsamples
         super().__init__(fn)
 
-    def postprocess_message(self, msg):
-        size, subsample_size = msg["args"] if msg["type"] == "plate" else (None, None)
-        if subsample_size is not None and subsample_size < size:
-            msg["value"] = jax.lax.with_sharding_constraint(msg["value"], self.sharding)
+    def process_message(self, msg):
+        if msg["type"] == "plate" and msg["name"] in self.subsamples:
+            msg["value"] = self.subsamples[msg["name"]]
+
+
+def _subsample(rng_key, size, subsample_size):
+    """``subsample_size`` distinct indices of ``range(size)``, a uniformly random
+    subset: those of the largest of ``size`` uniforms (``O(size)`` vectorised
+    work), or, for data over 256 times the subsample, NumPyro's own draw
+    (``O(subsample_size)`` sequential steps; on CPU ~6 us a step against ~25 ns
+    an element for the first)."""
+    if size > 256 * subsample_size:
+        return _subsample_fn(size, subsample_size, rng_key)
+    return jax.lax.top_k(jax.random.uniform(rng_key, (size,)), subsample_size)[1]
+
+
+def draw_subsamples(plates, rng_key, sharding=None):
+    """``{name: indices}``: one subsample of each of ``plates`` (``{name: (size,
+    subsample_size)}``, :func:`_subsample`), constrained to ``sharding`` if
+    given (so that XLA's partitioner splits the model's per-observation work
+    over its devices)."""
+    keys = jax.random.split(rng_key, max(len(plates), 1))
+    subsamples = {name: _subsample(key, size, n) for (name, (size, n)), key in zip(plates.items(), keys)}
+    if sharding is not None:
+        subsamples = {name: jax.lax.with_sharding_constraint(idx, sharding) for name, idx in subsamples.items()}
+    return subsamples
 
 
 def make_target(model, guide, rng_key, args, kwargs, draw_sharding=None, subsample_sharding=None):
     """The :class:`Target` of ``model`` at ``args`` over ``guide``'s flat latent
-    vector (the guide gives the layout and whether a plate subsamples); the
-    model is seeded with ``rng_key`` (one data subsample per key, as in SVI),
-    its subsamples' indices constrained to ``subsample_sharding`` if given."""
-    model = handlers.seed(model, rng_key)
-    if subsample_sharding is not None:
-        model = shard_subsamples(model, subsample_sharding)
+    vector (the guide gives the layout and which plates subsample), seeded with
+    ``rng_key``: one data subsample per key (as in SVI), drawn once for all the
+    evaluations of the step (:func:`draw_subsamples`; NumPyro's plate would draw
+    it again in each, at ``O(subsample_size)`` sequential work on CPU)."""
+    subsample_key, rng_key = jax.random.split(rng_key)
+    subsamples = draw_subsamples(guide.subsampled_plates, subsample_key, subsample_sharding)
+    model = handlers.seed(substitute_subsamples(model, subsamples), rng_key)
     unpack = guide._unpack_latent
     return Target(
         potential=lambda z: potential_energy(model, args, kwargs, unpack(z)),
