@@ -174,11 +174,14 @@ class NGVI:
         """The model with its ``numpyro.param`` sites at ``model_params`` (unconstrained)."""
         return handlers.substitute(self.model, data=self._constrain(model_params)) if model_params else self.model
 
-    def _algorithm(self, rng_key, args, kwargs, model_params, step_scale=1.0):
+    def _algorithm(self, rng_key, args, kwargs, model_params, step_scale=1.0, anchor=None):
         """The guide's algorithm on the model's target, seeded with ``rng_key``,
-        its step size scaled by ``step_scale``."""
+        its step size scaled by ``step_scale``; under data subsampling with an
+        ``anchor``, the target carries a control variate there
+        (:func:`ngvi.target.with_control_variate`)."""
         target = make_target(
-            self._model_at(model_params), self.guide, rng_key, args, kwargs, self.draw_sharding, self.subsample_sharding
+            self._model_at(model_params), self.guide, rng_key, args, kwargs, self.draw_sharding,
+            self.subsample_sharding, anchor,
         )
         scale = step_scale * self.guide.subsample_fraction
         step_size = lambda step: scale * step_size_at(self.step_size, step)  # noqa: E731
@@ -220,8 +223,12 @@ class NGVI:
         the model's seed (the data subsample), the algorithm's step key and the
         key of the draws for the model's ``numpyro.param`` sites."""
         rng_key, model_key, step_key, param_key = jax.random.split(state.rng_key, 4)
-        algorithm = self._algorithm(model_key, args, kwargs, state.model_params, step_scale)
+        loc = state.vi_state.loc
+        anchor = jnp.mean(jnp.reshape(loc, (-1, loc.shape[-1])), axis=0)  # a mixture's: the mean of its means
+        algorithm = self._algorithm(model_key, args, kwargs, state.model_params, step_scale, anchor)
         vi_state, info = algorithm.step(step_key, state.vi_state)
+        if self.guide.subsampled_plates:  # the control variate: a full-data and a subsample gradient
+            info = info._replace(num_grads=info.num_grads + 1 + round(1 / self.guide.subsample_fraction))
         model_params, optim_state = state.model_params, state.optim_state
         if model_params:
             draws = algorithm.sample(param_key, state.vi_state, self.num_samples)

@@ -2,6 +2,7 @@
 flat vector (and, for Gauss-Newton, per-example log-likelihoods), and how it
 is built from a NumPyro model over a guide's flat unconstrained latent vector."""
 
+import warnings
 from functools import partial
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -13,7 +14,7 @@ from numpyro.distributions import constraints
 from numpyro.infer.util import _unconstrain_reparam, potential_energy
 from numpyro.primitives import Messenger, _subsample_fn
 
-__all__ = ["Target", "make_target", "draw_subsamples", "substitute_subsamples", "check_initial_point", "model_param_sites", "nonfinite_sites"]
+__all__ = ["Target", "make_target", "draw_subsamples", "substitute_subsamples", "with_control_variate", "check_initial_point", "model_param_sites", "nonfinite_sites"]
 
 
 class Target(NamedTuple):
@@ -95,21 +96,51 @@ def draw_subsamples(plates, rng_key, sharding=None):
     return subsamples
 
 
-def make_target(model, guide, rng_key, args, kwargs, draw_sharding=None, subsample_sharding=None):
+def with_control_variate(potential, full_potential, anchor):
+    """``l_n(z) + (grad l(a) - grad l_n(a)) . (z - a)`` for a subsample's
+    estimate ``l_n`` of ``l``, at the anchor ``a``: the same expectation over
+    subsamples, ``l(z)``, with the gradient's subsample noise that of
+    ``grad l_n(z) - grad l_n(a)`` (small for ``z`` within a few posterior sds
+    of ``a``), not of ``grad l_n(z)``. Costs one full-data gradient and one
+    subsample gradient, once for all the draws of a step."""
+    correction = jax.lax.stop_gradient(jax.grad(full_potential)(anchor) - jax.grad(potential)(anchor))
+    return lambda z: potential(z) + jnp.dot(correction, z - anchor)
+
+
+def _whole_plates(model, plates):
+    """``model`` with each of ``plates`` (``{name: (size, subsample_size)}``) given all its data."""
+    whole = substitute_subsamples(model, {name: jnp.arange(size) for name, (size, _) in plates.items()})
+
+    def model_on_all_data(*args, **kwargs):
+        with warnings.catch_warnings():  # NumPyro warns that the subsample is not subsample_size long
+            warnings.filterwarnings("ignore", "subsample_size does not match", UserWarning)
+            return whole(*args, **kwargs)
+
+    return model_on_all_data
+
+
+def make_target(model, guide, rng_key, args, kwargs, draw_sharding=None, subsample_sharding=None, anchor=None):
     """The :class:`Target` of ``model`` at ``args`` over ``guide``'s flat latent
     vector (the guide gives the layout and which plates subsample), seeded with
     ``rng_key``: one data subsample per key (as in SVI), drawn once for all the
     evaluations of the step (:func:`draw_subsamples`; NumPyro's plate would draw
-    it again in each, at ``O(subsample_size)`` sequential work on CPU)."""
+    it again in each, at ``O(subsample_size)`` sequential work on CPU). Under
+    subsampling with an ``anchor`` (a flat latent vector), the potential carries
+    :func:`with_control_variate` at it."""
     subsample_key, rng_key = jax.random.split(rng_key)
-    subsamples = draw_subsamples(guide.subsampled_plates, subsample_key, subsample_sharding)
-    model = handlers.seed(substitute_subsamples(model, subsamples), rng_key)
+    plates = guide.subsampled_plates
+    subsamples = draw_subsamples(plates, subsample_key, subsample_sharding)
+    seeded = handlers.seed(substitute_subsamples(model, subsamples), rng_key)
     unpack = guide._unpack_latent
+    potential = lambda z: potential_energy(seeded, args, kwargs, unpack(z))  # noqa: E731
+    if anchor is not None and plates:
+        whole = handlers.seed(_whole_plates(model, plates), rng_key)
+        potential = with_control_variate(potential, lambda z: potential_energy(whole, args, kwargs, unpack(z)), anchor)
     return Target(
-        potential=lambda z: potential_energy(model, args, kwargs, unpack(z)),
-        log_likelihood=lambda z: _observed_log_likelihood(model, args, kwargs, unpack(z)),
+        potential=potential,
+        log_likelihood=lambda z: _observed_log_likelihood(seeded, args, kwargs, unpack(z)),
         draw_sharding=draw_sharding,
-        subsampled=guide.subsample_fraction < 1,
+        subsampled=bool(plates),
     )
 
 
