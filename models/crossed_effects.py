@@ -81,3 +81,9 @@ def simulate(num_a=49_996, num_b=49_996, num_obs=1_000_000, num_features=5, subs
 def data(**kwargs):
     """Keyword arguments for :func:`model`: :func:`simulate`'s data (``kwargs`` as it takes them)."""
     return simulate(**kwargs)[0]
+
+
+TEST_SIZE = dict(num_a=4_996, num_b=4_996, num_obs=100_000, subsample_size=10_000, seed=0)
+"""The 10^4-latent version (10 observations per latent dimension, a subsample of
+a tenth per step) whose full-data fit is stored in
+``reference/crossed_effects_full_data_fit.npz`` (:mod:`ngvi.models.make_full_data_fit`)."""

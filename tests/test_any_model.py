@@ -212,3 +212,31 @@ def test_model_param_sites_are_learned_by_empirical_bayes():
     assert abs(residual_sd - np.sqrt(best**2 + 1.0 / (1.0 + 50 / best**2))) < 0.02
     idata = to_inference_data(guide, result.params, jnp.asarray(y), num_samples=2000, rng_key=KEY)
     assert idata.attrs["pareto_k"] < 0.5  # q is the exact posterior of x at the fitted s
+
+
+def test_the_control_variate_keeps_subsampled_gradients_unbiased_and_cuts_their_noise():
+    """The driver's control variate at the mean (:func:`ngvi.target.make_target`
+    with ``anchor=mu``): the mean gradient over 4000 subsamples (50 of 569)
+    equals the full-data one within 5 standard errors in every coordinate, and
+    its subsample noise is at most a tenth of the plain subsample estimate's
+    (variance, median over coordinates; the draws are within 0.1 of ``mu``)."""
+    data = logistic_regression.data()
+    guides = {}
+    for subsample_size in (None, 50):  # the guide knows which plates subsample from its set-up
+        guides[subsample_size] = StructuredGaussian(logistic_regression.model, group=groups.Diagonal())
+        NGVI(logistic_regression.model, guides[subsample_size]).init(KEY, **data, subsample_size=subsample_size)
+    loc, factor = guides[None].init_state().loc, guides[None].init_state().factor
+
+    def grad_loc(model_key, anchor, subsample_size):
+        guide = guides[subsample_size]
+        target = make_target(logistic_regression.model, guide, model_key, (), {**data, "subsample_size": subsample_size},
+                             anchor=anchor)
+        return estimators.resolve("hessian")(KEY, target, guide.group, loc, factor, 4, 1.0).grad_loc
+
+    full = grad_loc(KEY, None, None)
+    keys = jax.random.split(KEY, 4000)
+    plain, with_cv = (jax.jit(jax.vmap(lambda k, a=a: grad_loc(k, a, 50)))(keys) for a in (None, loc))
+    mean, se = np.mean(with_cv, 0), np.std(with_cv, 0) / np.sqrt(len(keys))
+    assert np.all(np.abs(mean - full) < 5 * se), np.max(np.abs(mean - full) / se)
+    ratio = np.median(np.var(with_cv, 0) / np.var(plain, 0))
+    assert ratio < 0.1, ratio
