@@ -83,6 +83,15 @@ def data(**kwargs):
     return simulate(**kwargs)[0]
 
 
+def unconstrained_truth(truth):
+    """:func:`simulate`'s generating values as one vector in the model's
+    unconstrained latent layout (the scales as logs)."""
+    return np.concatenate([
+        [truth["beta0"]], truth["beta"], [np.log(truth["sigma_a"])], [np.log(truth["sigma_b"])], truth["z_a"],
+        truth["z_b"],
+    ])
+
+
 TEST_SIZE = dict(num_a=4_996, num_b=4_996, num_obs=100_000, subsample_size=10_000, seed=0)
 """The 10^4-latent version (10 observations per latent dimension, a subsample of
 a tenth per step) whose full-data fit is stored in
