@@ -25,7 +25,7 @@ SHARED_STATE = {
 
 # The longest tests go first, so that no worker is left with one at the end
 # while the other idles (the large zoo fits take 3-12 minutes each on 2 cores).
-LONGEST_FIRST = ("test_zoo_fits_large", "test_zoo_tools", "test_zoo_estimators")
+LONGEST_FIRST = ("test_zoo_fits_large", "test_large_model", "test_zoo_tools", "test_zoo_estimators")
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups into the test ids

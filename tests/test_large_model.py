@@ -4,6 +4,7 @@ fitted on subsamples of a tenth of the data at the defaults, against its stored
 full-data fit (``python -m ngvi.models.make_full_data_fit``). In float32, as a
 large fit runs, in a subprocess (the suite runs in float64) under a time limit."""
 
+import os
 import subprocess
 import sys
 
@@ -34,21 +35,23 @@ MAX_STEPS = 3000
 
 @pytest.mark.timeout(1200)
 def test_the_subsampled_fit_at_10k_latents_matches_the_full_data_fit(tmp_path):
-    """Means within 0.03 posterior sds RMS and 0.2 at most over the 10^4
+    """Means within 0.03 posterior sds RMS and 0.1 at most over the 10^4
     coordinates, sds within 2% RMS (the stopping rule's tolerance is 0.03 at
     99% over all coordinates; the reference has its own error, at 0.015), the 8
     global parameters within 0.1 sds and 5% in sd; 90% intervals cover the
     generating values as often as the full-data fit's do (90.5%)."""
     script, out = tmp_path / "fit.py", tmp_path / "fit.npz"
     script.write_text(CHILD)
+    # A long run, not many small compilations: at XLA's default optimisation level (conftest.py lowers it).
+    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "").replace("--xla_backend_optimization_level=0", ""))
     done = subprocess.run([sys.executable, str(script), str(out), str(MAX_STEPS)], capture_output=True, text=True,
-                          timeout=1100)
+                          timeout=1100, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     fit, reference = np.load(out), load_fit("crossed_effects_full_data_fit")
     assert np.all(np.isfinite(fit["mean"])) and np.all(np.isfinite(fit["sd"]))
     z = (fit["mean"] - reference["mean"]) / reference["sd"]
     log_sd = np.log(fit["sd"] / reference["sd"])
-    assert np.sqrt(np.mean(z**2)) <= 0.03 and np.max(np.abs(z)) <= 0.2, (np.sqrt(np.mean(z**2)), np.max(np.abs(z)))
+    assert np.sqrt(np.mean(z**2)) <= 0.03 and np.max(np.abs(z)) <= 0.1, (np.sqrt(np.mean(z**2)), np.max(np.abs(z)))
     assert np.sqrt(np.mean(log_sd**2)) <= 0.02, np.sqrt(np.mean(log_sd**2))
     assert np.max(np.abs(z[:8])) <= 0.1 and np.max(np.abs(log_sd[:8])) <= 0.05, (z[:8], log_sd[:8])
     inside = np.abs(reference["truth"] - fit["mean"]) <= 1.6448536 * fit["sd"]
