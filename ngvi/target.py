@@ -14,7 +14,10 @@ from numpyro.distributions import constraints
 from numpyro.infer.util import _unconstrain_reparam, potential_energy
 from numpyro.primitives import Messenger, _subsample_fn
 
-__all__ = ["Target", "make_target", "draw_subsamples", "substitute_subsamples", "with_control_variate", "check_initial_point", "model_param_sites", "nonfinite_sites"]
+__all__ = [
+    "Target", "make_target", "draw_subsamples", "substitute_subsamples", "with_control_variate", "check_initial_point",
+    "model_param_sites", "nonfinite_sites",
+]
 
 
 class Target(NamedTuple):
