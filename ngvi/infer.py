@@ -75,12 +75,12 @@ class NGVI:
         :mod:`ngvi.vi.gaussian_mixture`).
     :param step_size: ``beta``, a float or a schedule ``step -> float`` (e.g.
         an optax schedule). Under data subsampling it is per pass over the data:
-        a step of ``beta n / N`` (the guide's ``subsample_fraction``), whose
-        subsample's noise leaves the mean about ``sqrt(beta / 2)`` posterior
-        standard deviations from the fixed point, as a full-data step of
-        ``beta`` has no such noise (a step of ``beta`` on ``n / N`` of the data
-        would leave it ``sqrt(beta N / 2n)`` off, and its feedback on scale
-        parameters diverges).
+        a step of ``beta n / N`` (the guide's ``subsample_fraction``) on a
+        target that carries a control variate at the mean
+        (:func:`ngvi.target.with_control_variate`: one full-data gradient a
+        step), so that the subsample's noise neither leaves the mean far from
+        the fixed point nor inflates the scale parameters it feeds back into
+        (``docs/maths.md``, Data subsampling).
     :param num_samples: Monte-Carlo samples per step (drawn in antithetic pairs;
         per component for a mixture).
     :param estimator: ``"auto"`` (the default, :func:`ngvi.estimators.auto`:
