@@ -249,7 +249,8 @@ def reference_fit(dim):
     from ngvi.models import crossed_effects
     from ngvi.models.reference import load_fit
 
-    if (dim - 8) // 2 == crossed_effects.TEST_SIZE["num_a"]:
+    size = crossed_effects.TEST_SIZE
+    if ((dim - 8) // 2, OBS_PER_DIM * dim, SUBSAMPLE) == (size["num_a"], size["num_obs"], size["subsample_size"]):
         fit = load_fit("crossed_effects_full_data_fit")
         row = dict(method="ngvi, all data (stored)", seconds=float(fit["wall_time_s"]), steps=int(fit["steps"]),
                    converged=bool(fit["converged"]), num_grads=-1)
