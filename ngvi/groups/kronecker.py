@@ -133,13 +133,24 @@ class Kronecker(Group):
         left_p, left_q = left_solve(rows(p_block)), left_solve(rows(q_block))
         return jnp.einsum("nac,nbc->ab", right_p, right_q), jnp.einsum("nca,ncb->ab", left_p, left_q)
 
-    def local_gradient(self, b, curvature, gamma):
+    def partial_curvatures(self, b, curvature):
+        """``(H_1, H_2)`` with ``tr_2 X = B_1^-1 H_1 B_1^-T - gamma p2 I`` and
+        ``tr_1 X = B_2^-1 H_2 B_2^-T - gamma p1 I``: the curvature summed over
+        the other factor's (whitened) coordinates, ``O(n p (p1 + p2))`` for
+        ``n`` factor rows."""
+        return curvature.factor_sum(lambda p_block, q_block: self._partial_curvatures(b, p_block, q_block))
+
+    def local_gradient_from_partials(self, b, h_left, h_right, gamma):
+        """Each factor group's pattern entries of its partial trace of ``X``
+        from the ``p1 x p1`` and ``p2 x p2`` curvatures of :meth:`partial_curvatures`."""
         p1, p2 = self.shape
-        h_left, h_right = curvature.factor_sum(lambda p_block, q_block: self._partial_curvatures(b, p_block, q_block))
         return KroneckerFactor(
             self.left.local_gradient(b.left, DenseCurvature(h_left), gamma * p2),
             self.right.local_gradient(b.right, DenseCurvature(h_right), gamma * p1),
         )
+
+    def local_gradient(self, b, curvature, gamma):
+        return self.local_gradient_from_partials(b, *self.partial_curvatures(b, curvature), gamma)
 
     def natural_direction(self, x):
         p1, p2 = self.shape
