@@ -17,8 +17,8 @@ at labels drawn from the model (the Monte-Carlo Fisher). One step, with
 partial traces of MATH.md sec. 4 (no ``p x p`` matrix; the damping's partial
 traces are ``damping tr(S_2^-1) I`` and ``damping tr(S_1^-1) I``):
 
-    B <- B h(M),   ||M||_2 <= max_factor_step   (each step, or every ``update_every``)
-    update = -learning_rate S^-1 g                 (with the new ``B``)
+    B <- B h(M),   ||M||_2 <= max_factor_step     (each step, or every ``update_every``)
+    update = -alpha S^-1 g,  alpha sqrt(g^T S^-1 g) <= max_update_norm   (with the new ``B``)
 
 ``S`` tends to ``H``'s projection on the family (an exponential moving average
 at rate ``beta`` to first order), and the update is then a damped
@@ -26,12 +26,13 @@ Gauss-Newton / natural-gradient step. With ``k = 0`` and ``weight noise``
 (:func:`sample_params`) it is the variational rule VOGN (Khan et al., 2018):
 ``s <- s + beta (mean_i c_i^2 + damping - s)`` to first order.
 
-Cost per parameter of ``d1 x d2`` and ``n`` examples: ``O(n d1 d2 (d1 + d2))``
-for the partial traces (the per-example gradients' own cost is the caller's),
-``O(k^2 (d1 + d2))`` for the factor steps and ``O(k d1 d2)`` for ``S^-1 g``;
-memory ``O(k (d1 + d2))`` per parameter.
+Cost per parameter of ``d1 x d2 = p`` and ``n`` examples: ``O(n p k)`` for the
+partial traces' pattern entries (the per-example gradients kept as factors,
+:meth:`ngvi.groups.Kronecker.partial_curvatures`; their own cost is the
+caller's), ``O(k^2 (d1 + d2))`` for the factor steps and ``O(k p)`` for
+``S^-1 g``; memory ``O(k (d1 + d2))`` per parameter in the state.
 
-    opt = ngvi.optax.structured_ngd(learning_rate=0.05, block_size=4)
+    opt = ngvi.optax.structured_ngd(learning_rate=0.1, block_size=4)
     state = opt.init(params)
     example_grads = jax.vmap(jax.grad(example_loss), (None, 0))(params, batch)
     updates, state = opt.update(grads, state, params, curvature_grads=example_grads)
@@ -48,12 +49,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ngvi.curvature import LowRankCurvature
+from ngvi.curvature import DenseCurvature, LowRankCurvature, SumCurvature
 from ngvi.groups import BlockLowerTriangular, Diagonal, Kronecker
 from ngvi.groups.diagonal import DiagonalFactor
 from ngvi.groups.kronecker import KroneckerFactor
 
-__all__ = ["StructuredNGDState", "structured_ngd", "scale_by_structured_ngd", "parameter_group", "sample_params"]
+__all__ = ["StructuredNGDState", "structured_ngd", "parameter_group", "sample_params"]
 
 
 class StructuredNGDState(NamedTuple):
@@ -114,11 +115,15 @@ def _factor_step(group, b, example_grads, damping, factor_step_size, max_factor_
     ``B`` unchanged if the step is not finite."""
     n = example_grads.shape[0]
     rows = example_grads.reshape(n, -1) / math.sqrt(n)
-    h_left, h_right = group.partial_curvatures(b, LowRankCurvature(rows, rows))
-    trace_inverse = lambda factor_group, factor: jnp.sum(factor_group.covariance_diagonal(factor))
-    h_left = h_left + damping * trace_inverse(group.right, b.right) * jnp.eye(h_left.shape[0], dtype=h_left.dtype)
-    h_right = h_right + damping * trace_inverse(group.left, b.left) * jnp.eye(h_right.shape[0], dtype=h_right.dtype)
-    x = group.local_gradient_from_partials(b, h_left, h_right, 1.0)
+    left, right = group.partial_curvatures(b, LowRankCurvature(rows, rows))
+    p1, p2 = group.shape
+
+    def damped(curvature, d, other_group, other):  # + damping tr(S_other^-1) I_d
+        trace = jnp.sum(other_group.covariance_diagonal(other))
+        return SumCurvature(curvature, DenseCurvature(damping * trace * jnp.eye(d, dtype=rows.dtype)))
+
+    x = group.local_gradient_from_partials(
+        b, damped(left, p1, group.right, b.right), damped(right, p2, group.left, b.left), 1.0)
     m = jax.tree.map(lambda leaf: factor_step_size * leaf, group.natural_direction(x))
     norm = group.spectral_norm(m)
     m = jax.tree.map(lambda leaf: leaf * jnp.minimum(1.0, max_factor_step / norm), m)
@@ -127,20 +132,27 @@ def _factor_step(group, b, example_grads, damping, factor_step_size, max_factor_
     return jax.tree.map(lambda old, leaf: jnp.where(finite, leaf, old), b, new)
 
 
-def scale_by_structured_ngd(
-    factor_step_size=0.1, block_size=4, damping=1e-3, update_every=1, max_factor_step=1.0, init_precision=1.0
+def structured_ngd(
+    learning_rate, factor_step_size=0.1, block_size=4, damping=1e-3, update_every=1, max_update_norm=0.1,
+    max_factor_step=1.0, init_precision=1.0,
 ):
-    """The preconditioning ``g -> S^-1 g`` with ``S = B B^T`` refreshed from
-    ``curvature_grads`` (module docstring); chain with a learning rate (or use
-    :func:`structured_ngd`).
+    """The update ``-alpha S^-1 g`` with ``S = B B^T`` refreshed from
+    ``curvature_grads`` (module docstring).
 
+    ``learning_rate`` is ``alpha`` (a number or an optax schedule);
     ``factor_step_size`` is ``beta``; ``damping`` is added to the curvature;
-    ``update_every`` steps between factor refreshes; ``max_factor_step``
-    bounds ``||M||_2`` (so a step changes ``S`` by at most a factor ~6.25 in
-    any direction); ``S`` starts at ``init_precision * I``.
+    ``update_every`` steps between factor refreshes. ``max_update_norm``
+    bounds the update's length in the metric, ``alpha sqrt(g^T S^-1 g)``
+    (over all parameters; K-FAC's "KL clipping"): where the curvature is small
+    (late in training, or in flat directions) an unbounded ``S^-1 g`` would
+    jump; ``None`` turns it off. ``max_factor_step`` bounds ``||M||_2`` (a step
+    changes ``S`` by at most a factor ~6.25 in any direction); ``S`` starts at
+    ``init_precision * I``.
     """
     for name, value in dict(factor_step_size=factor_step_size, damping=damping, max_factor_step=max_factor_step,
-                            init_precision=init_precision).items():
+                            init_precision=init_precision, max_update_norm=max_update_norm).items():
+        if value is None and name == "max_update_norm":
+            continue
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite non-negative number, got {value!r}.")
     if init_precision <= 0:
@@ -148,6 +160,7 @@ def scale_by_structured_ngd(
     if int(update_every) != update_every or update_every < 1:
         raise ValueError(f"update_every must be a positive number of steps, got {update_every!r}.")
     groups = lambda tree: jax.tree.map(lambda leaf: parameter_group(leaf.shape, block_size), tree)
+    is_factor = lambda x: isinstance(x, KroneckerFactor)
 
     def init_fn(params):
         _check_finite(params)
@@ -161,7 +174,6 @@ def scale_by_structured_ngd(
     def update_fn(updates, state, params=None, *, curvature_grads=None, **extra_args):
         del params, extra_args
         group_tree = groups(updates)
-        is_factor = lambda x: isinstance(x, KroneckerFactor)
         factors = state.factors
         if curvature_grads is not None:
             _check_curvature_grads(updates, curvature_grads)
@@ -177,29 +189,24 @@ def scale_by_structured_ngd(
         def precondition(group, b, g):
             return group.rsolve(b, group.solve(b, g.reshape(-1))).reshape(g.shape)
 
-        new_updates = jax.tree.map(lambda group, b, g: precondition(group, b, g), group_tree, factors, updates,
-                                   is_leaf=is_factor)
+        directions = jax.tree.map(precondition, group_tree, factors, updates, is_leaf=is_factor)
+        rate = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        if max_update_norm is not None:
+            metric = sum(jnp.vdot(g, u) for g, u in zip(jax.tree.leaves(updates), jax.tree.leaves(directions)))
+            norm = rate * jnp.sqrt(jnp.maximum(metric, 0.0))
+            rate = rate * jnp.minimum(1.0, max_update_norm / jnp.maximum(norm, jnp.finfo(norm.dtype).tiny))
+        new_updates = jax.tree.map(lambda u: (-rate * u).astype(u.dtype), directions)
         return new_updates, StructuredNGDState(optax.safe_int32_increment(state.count), factors)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def structured_ngd(learning_rate, factor_step_size=0.1, block_size=4, damping=1e-3, update_every=1,
-                   max_factor_step=1.0, init_precision=1.0):
-    """``-learning_rate S^-1 g`` (:func:`scale_by_structured_ngd`);
-    ``learning_rate`` a number or an optax schedule."""
-    return optax.chain(
-        scale_by_structured_ngd(factor_step_size, block_size, damping, update_every, max_factor_step, init_precision),
-        optax.scale_by_learning_rate(learning_rate),
-    )
 
 
 def sample_params(rng_key, params, state, scale=1.0):
     """``params + scale B^-T eps`` leaf by leaf, ``eps ~ N(0, I)``: a draw from
     ``N(params, scale^2 S^-1)`` (the variational view's weight noise; for ``S``
     the mean per-example curvature of ``N`` examples, ``scale = 1 / sqrt(N)``).
-    ``state`` is :func:`structured_ngd`'s (or its scale transform's) state."""
-    if isinstance(state, tuple) and not isinstance(state, StructuredNGDState):
+    ``state`` is :func:`structured_ngd`'s state (or a chain's holding it)."""
+    if not isinstance(state, StructuredNGDState):
         state = next(s for s in state if isinstance(s, StructuredNGDState))
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.tree.unflatten(treedef, list(jax.random.split(rng_key, len(leaves))))

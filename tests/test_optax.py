@@ -23,7 +23,7 @@ def least_squares(n=200, d=6, dtype=jnp.float64):
 def test_with_the_identity_curvature_it_is_sgd_exactly(dtype):
     key = jax.random.PRNGKey(1)
     params = {"w": jax.random.normal(key, (5, 3), dtype), "b": jnp.zeros(3, dtype), "c": jnp.ones((2, 2, 4), dtype)}
-    opt = ngd.structured_ngd(0.1, block_size=2, damping=1.0)
+    opt = ngd.structured_ngd(0.1, block_size=2, damping=1.0, max_update_norm=None)
     state, update, sgd = opt.init(params), jax.jit(opt.update), params
     for t in range(5):
         grads = jax.tree.map(lambda x: jnp.sin(x + t), params)
@@ -46,12 +46,12 @@ def test_on_linear_least_squares_its_step_is_the_gauss_newton_step():
     outputs = jax.vmap(jax.grad(lambda w, xi: xi @ w["w"][:, 0]), (None, 0))
     params = {"w": jnp.zeros((x.shape[1], 1))}
     schedule = lambda count: jnp.where(count < 60, 0.0, 1.0)
-    opt = ngd.structured_ngd(schedule, factor_step_size=0.5, block_size=x.shape[1], damping=0.0)
+    opt = ngd.structured_ngd(schedule, factor_step_size=0.5, block_size=x.shape[1], damping=0.0, max_update_norm=None)
     state, update = opt.init(params), jax.jit(opt.update)
     for _ in range(61):
         updates, state = update(jax.grad(loss)(params), state, params, curvature_grads=outputs(params, x))
         params = optax.apply_updates(params, updates)
-    factor = state[0].factors["w"]
+    factor = state.factors["w"]
     b = _group_of(factor).to_dense(factor)
     np.testing.assert_allclose(b @ b.T, x.T @ x / x.shape[0], rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(params["w"][:, 0], np.linalg.lstsq(x, y, rcond=None)[0], rtol=1e-9, atol=1e-9)
@@ -80,13 +80,27 @@ def test_the_factor_step_with_damping_equals_the_kronecker_groups_step_on_the_da
     np.testing.assert_allclose(group.to_dense(ours), group.to_dense(reference), rtol=1e-10, atol=1e-12)
 
 
+def test_the_update_is_bounded_in_the_metric():
+    """``alpha sqrt(g^T S^-1 g)`` is cut to ``max_update_norm`` over all parameters; smaller steps are untouched."""
+    params = {"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)}
+    grads = {"w": jnp.full((3, 2), 2.0), "b": jnp.ones(2)}
+    opt = ngd.structured_ngd(0.5, init_precision=4.0, max_update_norm=0.1)
+    updates, _ = jax.jit(opt.update)(grads, opt.init(params), params)
+    metric = sum(float(4.0 * jnp.vdot(u, u)) for u in jax.tree.leaves(updates))  # S = 4 I
+    np.testing.assert_allclose(np.sqrt(metric), 0.1, rtol=1e-6)
+    np.testing.assert_allclose(updates["w"] / updates["w"][0, 0], grads["w"] / 2.0)  # same direction
+    small = ngd.structured_ngd(1e-3, init_precision=4.0, max_update_norm=0.1)
+    updates, _ = jax.jit(small.update)(grads, small.init(params), params)
+    np.testing.assert_allclose(updates["b"], -1e-3 * grads["b"] / 4.0, rtol=1e-6)
+
+
 def test_a_non_finite_curvature_leaves_the_factors_as_they_were():
     params = {"w": jnp.ones((3, 2))}
     opt = ngd.structured_ngd(0.1)
     state = opt.init(params)
     bad = {"w": jnp.full((4, 3, 2), jnp.nan)}
     _, new = opt.update({"w": jnp.ones((3, 2))}, state, params, curvature_grads=bad)
-    for old, leaf in zip(jax.tree.leaves(state[0].factors), jax.tree.leaves(new[0].factors)):
+    for old, leaf in zip(jax.tree.leaves(state.factors), jax.tree.leaves(new.factors)):
         np.testing.assert_array_equal(old, leaf)
 
 
@@ -96,7 +110,7 @@ def test_the_factors_refresh_every_update_every_steps_and_stay_without_curvature
     curvature = {"w": jax.random.normal(jax.random.PRNGKey(3), (4, 3, 2))}
     opt = ngd.structured_ngd(0.1, update_every=2)
     state, update = opt.init(params), jax.jit(opt.update)
-    dense = lambda s: _group_of(s[0].factors["w"]).to_dense(s[0].factors["w"])
+    dense = lambda s: _group_of(s.factors["w"]).to_dense(s.factors["w"])
     seen = [dense(state)]
     for _ in range(4):
         _, state = update(grads, state, params, curvature_grads=curvature)

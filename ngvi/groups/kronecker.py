@@ -6,10 +6,21 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ngvi.curvature import DenseCurvature
+from ngvi.curvature import DenseCurvature, EvaluatedCurvature, LowRankCurvature
 from ngvi.groups.base import Group
 
 __all__ = ["Kronecker", "KroneckerFactor"]
+
+
+def _factor_curvature(group, p_rows, q_rows):
+    """One factor's partial curvature ``sum_n sym(P_n Q_n^T)`` from arrays
+    ``(n, d, d_other)``: a dense ``d x d`` for a full-matrix factor group, else
+    the ``n d_other`` columns as low-rank factors with the diagonal summed directly."""
+    if group.dense_curvature:
+        return DenseCurvature(jnp.einsum("nac,nbc->ab", p_rows, q_rows))
+    rows = lambda f: jnp.swapaxes(f, 1, 2).reshape(-1, f.shape[1])
+    factors = rows(p_rows), rows(q_rows)
+    return EvaluatedCurvature(LowRankCurvature(*factors), jnp.sum(p_rows * q_rows, axis=(0, 2)), factors)
 
 
 class KroneckerFactor(NamedTuple):
@@ -122,31 +133,47 @@ class Kronecker(Group):
     def covariance_diagonal(self, b):
         return jnp.kron(self.left.covariance_diagonal(b.left), self.right.covariance_diagonal(b.right))
 
+    def _whitened(self, b, factor):
+        """``(P_n B_2^-T, B_1^-1 P_n)`` for every row ``P_n`` of ``factor`` as a
+        ``p1 x p2`` matrix: two arrays ``(n, p1, p2)``."""
+        rows = factor.reshape(-1, *self.shape)
+        right = jax.vmap(jax.vmap(lambda row: self.right.solve(b.right, row)))(rows)
+        left = jax.vmap(lambda f: jax.vmap(lambda col: self.left.solve(b.left, col))(f.T).T)(rows)
+        return right, left
+
     def _partial_curvatures(self, b, p_block, q_block):
         """``(H_1, H_2)`` of a block of factor rows before their symmetric parts
         (taken by ``DenseCurvature``): ``sum_n (P_n B_2^-T)(Q_n B_2^-T)^T`` and
         ``sum_n (B_1^-1 P_n)^T (B_1^-1 Q_n)``, ``O(n p (p1 + p2))``."""
-        rows = lambda f: f.reshape(-1, *self.shape)
-        right_solve = jax.vmap(jax.vmap(lambda row: self.right.solve(b.right, row)))  # P_n B_2^-T
-        left_solve = jax.vmap(lambda f: jax.vmap(lambda col: self.left.solve(b.left, col))(f.T).T)  # B_1^-1 P_n
-        right_p, right_q = right_solve(rows(p_block)), right_solve(rows(q_block))
-        left_p, left_q = left_solve(rows(p_block)), left_solve(rows(q_block))
+        (right_p, left_p), (right_q, left_q) = self._whitened(b, p_block), self._whitened(b, q_block)
         return jnp.einsum("nac,nbc->ab", right_p, right_q), jnp.einsum("nca,ncb->ab", left_p, left_q)
 
     def partial_curvatures(self, b, curvature):
-        """``(H_1, H_2)`` with ``tr_2 X = B_1^-1 H_1 B_1^-T - gamma p2 I`` and
-        ``tr_1 X = B_2^-1 H_2 B_2^-T - gamma p1 I``: the curvature summed over
-        the other factor's (whitened) coordinates, ``O(n p (p1 + p2))`` for
-        ``n`` factor rows."""
-        return curvature.factor_sum(lambda p_block, q_block: self._partial_curvatures(b, p_block, q_block))
+        """``(H_1, H_2)`` as curvature operators, with ``tr_2 X = B_1^-1 H_1 B_1^-T - gamma p2 I``
+        and ``tr_1 X = B_2^-1 H_2 B_2^-T - gamma p1 I``: the curvature summed over
+        the other factor's whitened coordinates.
 
-    def local_gradient_from_partials(self, b, h_left, h_right, gamma):
+        A curvature given by ``n`` factor rows (:class:`~ngvi.curvature.LowRankCurvature`:
+        Stein, Gauss-Newton, per-example gradients) keeps them as factors for a factor
+        group that reads only a pattern (``H_1 = sym(P_1^T Q_1)`` with the ``n p2``
+        columns of the ``P_n B_2^-T`` as rows; the diagonal summed directly), so a
+        ``BlockLowerTriangular(k)`` factor costs ``O(n p k)``; otherwise (and for
+        the full-matrix factor groups) ``H_1`` and ``H_2`` are formed, ``O(n p (p1 + p2))``.
+        """
+        if isinstance(curvature, LowRankCurvature):
+            (right_p, left_p), (right_q, left_q) = (self._whitened(b, f) for f in curvature.factors())
+            return (_factor_curvature(self.left, right_p, right_q),
+                    _factor_curvature(self.right, jnp.swapaxes(left_p, 1, 2), jnp.swapaxes(left_q, 1, 2)))
+        h_left, h_right = curvature.factor_sum(lambda p_block, q_block: self._partial_curvatures(b, p_block, q_block))
+        return DenseCurvature(h_left), DenseCurvature(h_right)
+
+    def local_gradient_from_partials(self, b, left_curvature, right_curvature, gamma):
         """Each factor group's pattern entries of its partial trace of ``X``
-        from the ``p1 x p1`` and ``p2 x p2`` curvatures of :meth:`partial_curvatures`."""
+        from the curvatures of :meth:`partial_curvatures`."""
         p1, p2 = self.shape
         return KroneckerFactor(
-            self.left.local_gradient(b.left, DenseCurvature(h_left), gamma * p2),
-            self.right.local_gradient(b.right, DenseCurvature(h_right), gamma * p1),
+            self.left.local_gradient(b.left, left_curvature, gamma * p2),
+            self.right.local_gradient(b.right, right_curvature, gamma * p1),
         )
 
     def local_gradient(self, b, curvature, gamma):
