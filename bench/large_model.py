@@ -1,7 +1,7 @@
 """The crossed random-effects model at scale: cost per step against p, and accuracy against a long run.
 
     python bench/large_model.py scaling [--sizes 1000,10000,100000,1000000] [--steps 20]
-    python bench/large_model.py accuracy [--dim 10000] [--max-steps 5000]
+    python bench/large_model.py accuracy [--dim 10000] [--max-steps 5000] [--reference fit.npz]
 
 The model is :mod:`ngvi.models.crossed_effects` with ``(p - 8) / 2`` units of each
 kind, 10 observations per latent dimension and a subsample of 10^4 per step
@@ -193,8 +193,9 @@ def errors(mean, sd, ref_mean, ref_sd, truth):
     )
 
 
-def fit_ngvi(data, max_steps, key):
-    """``run(key, None)`` at the defaults: ``(guide, params, seconds, steps, converged, gradients)``."""
+def fit_ngvi(data, max_steps, key, checkpoint=None):
+    """``run(key, None)`` at the defaults (checkpointed every 100 steps to
+    ``checkpoint`` if given): ``(guide, params, seconds, steps, converged, gradients)``."""
     import jax
 
     from ngvi import NGVI, StructuredGaussian
@@ -203,7 +204,8 @@ def fit_ngvi(data, max_steps, key):
 
     guide = StructuredGaussian(crossed_effects.model, group=BlockUpperTriangular(RANK))
     t0 = time.perf_counter()
-    result = NGVI(crossed_effects.model, guide, max_steps=max_steps).run(key, None, progress_bar=False, **data)
+    result = NGVI(crossed_effects.model, guide, max_steps=max_steps).run(
+        key, None, progress_bar=False, checkpoint=checkpoint, checkpoint_every=100, **data)
     jax.block_until_ready(result.params)
     seconds, num_grads = time.perf_counter() - t0, int(np.sum(np.asarray(result.info.num_grads)))
     return guide, result.params, seconds, len(result.losses), bool(result.converged), num_grads
@@ -241,9 +243,11 @@ def print_accuracy_row(r):
           f" {r['log_sd_rms']:>10.3f} {r['coverage_90']:>9.3f}", flush=True)
 
 
-def reference_fit(dim):
+def reference_fit(dim, cache):
     """``(row, (mean, sd))`` of the full-data fit: the stored one at the test
-    size (:mod:`ngvi.models.make_full_data_fit`), else a fresh ``run(key, None)``."""
+    size (:mod:`ngvi.models.make_full_data_fit`), else the one cached at
+    ``cache``, else a fresh ``run(key, None)`` (checkpointed beside ``cache``,
+    so an interrupted run resumes) that is then cached there."""
     import jax
 
     from ngvi.models import crossed_effects
@@ -251,17 +255,24 @@ def reference_fit(dim):
 
     size = crossed_effects.TEST_SIZE
     if ((dim - 8) // 2, OBS_PER_DIM * dim, SUBSAMPLE) == (size["num_a"], size["num_obs"], size["subsample_size"]):
-        fit = load_fit("crossed_effects_full_data_fit")
-        row = dict(method="ngvi, all data (stored)", seconds=float(fit["wall_time_s"]), steps=int(fit["steps"]),
-                   converged=bool(fit["converged"]), num_grads=-1)
-        return row, (fit["mean"], fit["sd"])
-    full, _ = problem(dim, subsample=None)
-    guide, params, seconds, steps, converged, grads = fit_ngvi(full, 10_000, jax.random.PRNGKey(1))
-    return dict(method="ngvi, all data", seconds=seconds, steps=steps, converged=converged, num_grads=grads), \
-        marginals(guide, params)
+        fit, method = load_fit("crossed_effects_full_data_fit"), "ngvi, all data (stored)"
+    elif cache is not None and os.path.exists(cache):
+        with np.load(cache) as arrays:
+            fit, method = dict(arrays), "ngvi, all data (cached)"
+    else:
+        full, _ = problem(dim, subsample=None)
+        guide, params, seconds, steps, converged, grads = fit_ngvi(
+            full, 10_000, jax.random.PRNGKey(1), checkpoint=None if cache is None else cache + ".checkpoint.npz")
+        mean, sd = marginals(guide, params)
+        fit, method = dict(mean=mean, sd=sd, wall_time_s=seconds, steps=steps, converged=converged), "ngvi, all data"
+        if cache is not None:
+            np.savez(cache, **fit)
+    row = dict(method=method, seconds=float(fit["wall_time_s"]), steps=int(fit["steps"]),
+               converged=bool(fit["converged"]), num_grads=-1)
+    return row, (fit["mean"], fit["sd"])
 
 
-def accuracy(dim, max_steps):
+def accuracy(dim, max_steps, reference):
     """ngvi on the subsample and Adam for up to 10x its time, against a full-data ngvi fit."""
     import jax
 
@@ -271,7 +282,7 @@ def accuracy(dim, max_steps):
           flush=True)
     sub, truth = problem(dim)
     truth = crossed_effects.unconstrained_truth(truth)
-    row, reference = reference_fit(dim)
+    row, reference = reference_fit(dim, reference)
     rows = [dict(row, **errors(*reference, *reference, truth))]
     print_accuracy_row(rows[-1])
     guide, params, seconds, steps, converged, grads = fit_ngvi(sub, max_steps, jax.random.PRNGKey(2))
@@ -293,6 +304,7 @@ def main():
     parser.add_argument("--steps", type=int, default=20, help="scaling: steps timed per (method, p)")
     parser.add_argument("--dim", type=int, default=10_000, help="accuracy: latent dimensions")
     parser.add_argument("--max-steps", type=int, default=5_000, help="accuracy: the subsampled fit's max_steps")
+    parser.add_argument("--reference", help="accuracy: .npz to cache the full-data fit in (reused if it exists)")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -302,9 +314,10 @@ def main():
     if args.mode == "scaling":
         result = scaling([int(float(s)) for s in args.sizes.split(",")], args.steps)
     else:
-        result = accuracy(args.dim, args.max_steps)
+        result = accuracy(args.dim, args.max_steps, args.reference)
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, f"large_model_{args.mode}.json"), "w") as f:
+    suffix = f"_{args.dim}" if args.mode == "accuracy" and args.dim != 10_000 else ""
+    with open(os.path.join(RESULTS, f"large_model_{args.mode}{suffix}.json"), "w") as f:
         json.dump(result, f, indent=1)
 
 

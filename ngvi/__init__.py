@@ -1,5 +1,9 @@
 """Structured natural-gradient variational inference for NumPyro."""
 
+from ngvi.threads import limit_lapack_threads
+
+limit_lapack_threads()
+
 from ngvi import groups
 from ngvi.guides import MixtureELBO, StructuredGaussian, StructuredGaussianMixture
 from ngvi.infer import NGVI, NGVIRunResult, NGVIState
