@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from group_cases import CASES, IDS, algebra_basis, closed_pattern
 from ngvi import groups
-from ngvi.curvature import HessianCurvature, LowRankCurvature
+from ngvi.curvature import DenseCurvature, HessianCurvature, LowRankCurvature
 
 PARAMS = [pytest.param(g, p, id=i) for (g, p), i in zip(CASES, IDS)]
 VECTOR_OPS = ("matvec", "rmatvec", "solve", "rsolve")
@@ -538,3 +538,26 @@ def test_float32_stays_float32(group, p):
     close(dense["retract"], out["walk"]["retract"][0], 1e-4, "retract")
     close(dense["matvec"], out["matvec"], 1e-4, "matvec")
     close(dense["solve"], out["walk"]["solve"][0], 1e-4, "solve")
+
+
+@pytest.mark.parametrize(
+    "left,right",
+    [
+        (groups.BlockLowerTriangular(2), groups.Diagonal()),
+        (groups.Diagonal(), groups.BlockUpperTriangular(1)),
+        (groups.Dense(), groups.Hierarchical(1, 1)),
+    ],
+    ids=["block-diag", "diag-block", "dense-hier"],
+)
+def test_kronecker_reads_a_low_rank_curvature_as_it_reads_the_dense_one(left, right):
+    """A rank-``n`` curvature kept as factors for the pattern-reading factor groups
+    (``O(n p k)``) gives the same local gradient as its dense ``p x p`` matrix."""
+    group = groups.Kronecker(left, right, shape=(5, 4))
+    rng = np.random.default_rng(7)
+    b = group.retract(group.identity(20, jnp.float64),
+                      jax.tree.map(lambda x: 0.3 * rng.normal(size=x.shape), group.identity(20, jnp.float64)))
+    w, u = rng.normal(size=(2, 3, 20))
+    low_rank = JIT(lambda b, w, u: group.local_gradient(b, LowRankCurvature(w, u), 0.7))(b, w, u)
+    dense = JIT(lambda b, h: group.local_gradient(b, DenseCurvature(h), 0.7))(b, 0.5 * (w.T @ u + u.T @ w))
+    for ours, reference in zip(jax.tree.leaves(low_rank), jax.tree.leaves(dense)):
+        np.testing.assert_allclose(ours, reference, rtol=1e-10, atol=1e-12)
