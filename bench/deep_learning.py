@@ -23,8 +23,8 @@ over the run; Adam and AdamW a constant one. Every epoch: test accuracy, test
 NLL (mean cross-entropy) and expected calibration error (15 equal-width bins of
 the top probability), against the training wall time so far (evaluation and
 the first step's compilation excluded; compile time reported apart), and the
-median time per step. All methods of a seed run in one process, one after
-another. Results: ``bench/results/deep_learning.json`` and ``.md``.
+mean time per step. All methods of a seed run in one process, one after
+another. Results: ``bench/results/deep_learning.json``, ``.md`` and ``.png``.
 """
 
 import argparse
@@ -190,6 +190,30 @@ def summary(rows, epochs, update_every):
     return "\n".join(lines) + "\n"
 
 
+def plot(rows, path):
+    """Test accuracy, NLL and ECE against training seconds, the seeds' mean per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(len(names), 3, figsize=(13, 3.6 * len(names)), squeeze=False)
+    for row_axes, name in zip(axes, names):
+        for method in METHODS:
+            rs = [r for r in rows if r["model"] == name and r["method"] == method]
+            if not rs:
+                continue
+            mean = lambda key: np.mean([[c[key] for c in r["curve"]] for r in rs], axis=0)
+            for ax, key in zip(row_axes, ("accuracy", "nll", "ece")):
+                ax.plot(mean("seconds"), mean(key), label=method)
+                ax.set(xlabel="training seconds", ylabel=f"test {key}", title=name)
+        row_axes[1].set_yscale("log")
+        row_axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=40)
@@ -198,7 +222,12 @@ def main():
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--update-every", type=int, default=10)
     parser.add_argument("--out", default="deep_learning")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the figure from the stored results")
     args = parser.parse_args()
+    if args.plot_only:
+        with open(os.path.join(RESULTS, f"{args.out}.json")) as f:
+            plot(json.load(f)["rows"], os.path.join(RESULTS, f"{args.out}.png"))
+        return
     data = digits()
     rows = []
     for name in args.models.split(","):
@@ -212,6 +241,7 @@ def main():
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, f"{args.out}.json"), "w") as f:
         json.dump(dict(rows=rows), f, indent=1)
+    plot(rows, os.path.join(RESULTS, f"{args.out}.png"))
     text = summary(rows, args.epochs, args.update_every)
     with open(os.path.join(RESULTS, f"{args.out}.md"), "w") as f:
         f.write(text)
