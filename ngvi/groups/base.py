@@ -55,6 +55,10 @@ class Group(abc.ABC):
     dense_curvature: bool = False
     """True when the step reads every entry of ``H`` (the full-matrix groups):
     the Hessian estimator then forms ``H`` once per step."""
+    reads_products: bool = False
+    """True when ``local_gradient`` reads ``H`` only through a few products
+    ``H v`` and its diagonal (the diagonal and block groups), so that a rank-``n``
+    ``H`` kept as factors costs it ``O(n p k)``."""
 
     # --- construction -----------------------------------------------------
     def check(self, p):

@@ -71,6 +71,7 @@ class BlockUpperTriangular(Group):
     ``X_jj = H_jj / d_j^2 - gamma`` for ``j >= k``. Cost ``O(k^2 p)``.
     """
 
+    reads_products = True
     name = "block_upper"
 
     def __init__(self, k):
@@ -171,6 +172,7 @@ class Hierarchical(Group):
     ``diag(H)``. Cost ``O((k1 + k2)^2 p)``.
     """
 
+    reads_products = True
     name = "hierarchical"
 
     def __init__(self, k1, k2):

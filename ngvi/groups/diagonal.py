@@ -20,6 +20,7 @@ class Diagonal(Group):
     """``B = diag(d)``, ``d > 0``; ``C ⊙ kappa(X) = diag(X) / 2`` with
     ``X_ii = H_ii / d_i^2 - gamma`` (MATH.md sec. 4). Cost ``O(p)``."""
 
+    reads_products = True
     name = "diagonal"
 
     def identity(self, p, dtype=jnp.float32):

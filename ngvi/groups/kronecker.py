@@ -14,9 +14,10 @@ __all__ = ["Kronecker", "KroneckerFactor"]
 
 def _factor_curvature(group, p_rows, q_rows):
     """One factor's partial curvature ``sum_n sym(P_n Q_n^T)`` from arrays
-    ``(n, d, d_other)``: a dense ``d x d`` for a full-matrix factor group, else
-    the ``n d_other`` columns as low-rank factors with the diagonal summed directly."""
-    if group.dense_curvature:
+    ``(n, d, d_other)``: for a factor group that reads only products and the
+    diagonal, the ``n d_other`` columns as low-rank factors with the diagonal
+    summed directly; else the dense ``d x d``."""
+    if not group.reads_products:
         return DenseCurvature(jnp.einsum("nac,nbc->ab", p_rows, q_rows))
     rows = lambda f: jnp.swapaxes(f, 1, 2).reshape(-1, f.shape[1])
     factors = rows(p_rows), rows(q_rows)
@@ -155,10 +156,10 @@ class Kronecker(Group):
 
         A curvature given by ``n`` factor rows (:class:`~ngvi.curvature.LowRankCurvature`:
         Stein, Gauss-Newton, per-example gradients) keeps them as factors for a factor
-        group that reads only a pattern (``H_1 = sym(P_1^T Q_1)`` with the ``n p2``
+        group that reads only products and the diagonal (``H_1 = sym(P_1^T Q_1)`` with the ``n p2``
         columns of the ``P_n B_2^-T`` as rows; the diagonal summed directly), so a
         ``BlockLowerTriangular(k)`` factor costs ``O(n p k)``; otherwise (and for
-        the full-matrix factor groups) ``H_1`` and ``H_2`` are formed, ``O(n p (p1 + p2))``.
+        the other factor groups) ``H_1`` and ``H_2`` are formed, ``O(n p (p1 + p2))``.
         """
         if isinstance(curvature, LowRankCurvature):
             (right_p, left_p), (right_q, left_q) = (self._whitened(b, f) for f in curvature.factors())
