@@ -79,6 +79,10 @@ def parameter_group(shape, block_size):
     return Kronecker(Diagonal(), Diagonal(), shape=(max(math.prod(shape), 1), 1))
 
 
+def _is_factor(x):
+    return isinstance(x, KroneckerFactor)
+
+
 def _group_of(b):
     """The Kronecker group a factor's storage belongs to (as :func:`parameter_group` made it)."""
     factor_group = lambda f: Diagonal() if isinstance(f, DiagonalFactor) else BlockLowerTriangular(f.head.shape[0])
@@ -159,9 +163,6 @@ def structured_ngd(
         raise ValueError(f"init_precision must be positive, got {init_precision!r}.")
     if int(update_every) != update_every or update_every < 1:
         raise ValueError(f"update_every must be a positive number of steps, got {update_every!r}.")
-    groups = lambda tree: jax.tree.map(lambda leaf: parameter_group(leaf.shape, block_size), tree)
-    is_factor = lambda x: isinstance(x, KroneckerFactor)
-
     def init_fn(params):
         _check_finite(params)
 
@@ -173,15 +174,15 @@ def structured_ngd(
 
     def update_fn(updates, state, params=None, *, curvature_grads=None, **extra_args):
         del params, extra_args
-        group_tree = groups(updates)
         factors = state.factors
+        group_tree = jax.tree.map(_group_of, factors, is_leaf=_is_factor)
         if curvature_grads is not None:
             _check_curvature_grads(updates, curvature_grads)
 
             def refresh(factors):
                 return jax.tree.map(
                     lambda group, b, c: _factor_step(group, b, c, damping, factor_step_size, max_factor_step),
-                    group_tree, factors, curvature_grads, is_leaf=is_factor,
+                    group_tree, factors, curvature_grads, is_leaf=_is_factor,
                 )
 
             factors = jax.lax.cond(state.count % update_every == 0, refresh, lambda f: f, factors)
@@ -189,7 +190,7 @@ def structured_ngd(
         def precondition(group, b, g):
             return group.rsolve(b, group.solve(b, g.reshape(-1))).reshape(g.shape)
 
-        directions = jax.tree.map(precondition, group_tree, factors, updates, is_leaf=is_factor)
+        directions = jax.tree.map(precondition, group_tree, factors, updates, is_leaf=_is_factor)
         rate = learning_rate(state.count) if callable(learning_rate) else learning_rate
         if max_update_norm is not None:
             metric = sum(jnp.vdot(g, u) for g, u in zip(jax.tree.leaves(updates), jax.tree.leaves(directions)))
@@ -216,4 +217,4 @@ def sample_params(rng_key, params, state, scale=1.0):
         eps = jax.random.normal(key, (leaf.size,), leaf.dtype)
         return leaf + scale * group.rsolve(b, eps).reshape(leaf.shape)
 
-    return jax.tree.map(draw, keys, params, state.factors, is_leaf=lambda x: isinstance(x, KroneckerFactor))
+    return jax.tree.map(draw, keys, params, state.factors, is_leaf=_is_factor)
