@@ -38,8 +38,23 @@ caller's), ``O(k^2 (d1 + d2))`` for the factor steps and ``O(k p)`` for
     updates, state = opt.update(grads, state, params, curvature_grads=example_grads)
     params = optax.apply_updates(params, updates)
 
-On a step given ``curvature_grads=None`` (or not a multiple of ``update_every``)
-the factors stay and only the preconditioned step is taken.
+Without per-example gradients, the curvature can come from the weight noise
+(the variational Hessian estimate of IVON, Shen et al., 2024, here for the
+whole structured ``S``): with ``noise_scale = sigma`` (for ``S`` the mean
+per-example curvature of ``N`` examples, ``sigma = 1 / sqrt(N)``), the
+gradient ``g`` of the mean loss taken at ``w = mu + sigma B^-T eps``
+(:func:`sample_params`) gives, by Stein's lemma,
+
+    H ~ sym(Sigma^-1 (w - mu) g^T),   Sigma^-1 = S / sigma^2,
+
+one row per parameter and step (``O(p k)``; no second backward pass):
+
+    w = ngvi.optax.sample_params(key, params, state, sigma)
+    grads = jax.grad(loss)(w, batch)
+    updates, state = opt.update(grads, state, params, sampled_params=w)
+
+On a step given neither (or not a multiple of ``update_every``) the factors
+stay and only the preconditioned step is taken.
 """
 
 import math
@@ -114,17 +129,15 @@ def _check_curvature_grads(grads, curvature_grads):
         raise ValueError(f"curvature_grads leaves have different numbers of examples: {sorted(sizes)}.")
 
 
-def _factor_step(group, b, example_grads, damping, factor_step_size, max_factor_step):
-    """``B h(M)`` from one parameter's per-example gradients (``n x d1 x d2``);
-    ``B`` unchanged if the step is not finite."""
-    n = example_grads.shape[0]
-    rows = example_grads.reshape(n, -1) / math.sqrt(n)
-    left, right = group.partial_curvatures(b, LowRankCurvature(rows, rows))
+def _factor_step(group, b, rows, damping, factor_step_size, max_factor_step):
+    """``B h(M)`` from one parameter's curvature ``H = sym(P^T Q)``, ``rows =
+    (P, Q)`` of shape ``n x p`` each; ``B`` unchanged if the step is not finite."""
+    left, right = group.partial_curvatures(b, LowRankCurvature(*rows))
     p1, p2 = group.shape
 
     def damped(curvature, d, other_group, other):  # + damping tr(S_other^-1) I_d
         trace = jnp.sum(other_group.covariance_diagonal(other))
-        return SumCurvature(curvature, DenseCurvature(damping * trace * jnp.eye(d, dtype=rows.dtype)))
+        return SumCurvature(curvature, DenseCurvature(damping * trace * jnp.eye(d, dtype=rows[0].dtype)))
 
     x = group.local_gradient_from_partials(
         b, damped(left, p1, group.right, b.right), damped(right, p2, group.left, b.left), 1.0)
@@ -136,9 +149,46 @@ def _factor_step(group, b, example_grads, damping, factor_step_size, max_factor_
     return jax.tree.map(lambda old, leaf: jnp.where(finite, leaf, old), b, new)
 
 
+def _example_rows(example_grads):
+    """``(P, Q)`` of the per-example curvature ``(1/n) sum_i c_i c_i^T``: ``P = Q`` the rows ``c_i / sqrt(n)``."""
+    n = example_grads.shape[0]
+    rows = example_grads.reshape(n, -1) / math.sqrt(n)
+    return rows, rows
+
+
+def _noise_rows(group, b, offset, grad, noise_scale):
+    """``(P, Q)`` of the variational Hessian estimate ``sym(Sigma^-1 (w - mu) g(w)^T)``
+    (Stein's lemma: its mean over ``w ~ N(mu, Sigma)`` is ``E[hess l]``) for
+    ``Sigma = noise_scale^2 S^-1``: one row each, ``P = S (w - mu) / noise_scale^2``."""
+    precision_offset = group.matvec(b, group.rmatvec(b, offset.reshape(-1))) / noise_scale**2
+    return precision_offset[None], grad.reshape(1, -1)
+
+
+def _curvature_rows(group_tree, factors, grads, params, curvature_grads, sampled_params, noise_scale):
+    """Each parameter's curvature rows ``(P, Q)``: from ``curvature_grads``
+    (:func:`_example_rows`) or from the gradient ``grads`` taken at
+    ``sampled_params`` (:func:`_noise_rows`); ``None`` for neither."""
+    if curvature_grads is not None and sampled_params is not None:
+        raise ValueError("pass curvature_grads or sampled_params, not both.")
+    if curvature_grads is not None:
+        _check_curvature_grads(grads, curvature_grads)
+        return jax.tree.map(_example_rows, curvature_grads)
+    if sampled_params is None:
+        return None
+    if noise_scale is None or params is None:
+        raise ValueError("sampled_params needs structured_ngd(noise_scale=...), the scale sample_params drew them at, "
+                         "and the params they were drawn around.")
+    if jax.tree.structure(sampled_params) != jax.tree.structure(grads):
+        raise ValueError(f"sampled_params must have the parameters' tree structure {jax.tree.structure(grads)}, "
+                         f"got {jax.tree.structure(sampled_params)}.")
+    offsets = jax.tree.map(jnp.subtract, sampled_params, params)
+    return jax.tree.map(lambda group, b, o, g: _noise_rows(group, b, o, g, noise_scale),
+                        group_tree, factors, offsets, grads, is_leaf=_is_factor)
+
+
 def structured_ngd(
     learning_rate, factor_step_size=0.1, block_size=4, damping=1e-3, update_every=1, max_update_norm=0.1,
-    max_factor_step=1.0, init_precision=1.0,
+    max_factor_step=1.0, init_precision=1.0, noise_scale=None,
 ):
     """The update ``-alpha S^-1 g`` with ``S = B B^T`` refreshed from
     ``curvature_grads`` (module docstring).
@@ -151,7 +201,10 @@ def structured_ngd(
     (late in training, or in flat directions) an unbounded ``S^-1 g`` would
     jump; ``None`` turns it off. ``max_factor_step`` bounds ``||M||_2`` (a step
     changes ``S`` by at most a factor ~6.25 in any direction); ``S`` starts at
-    ``init_precision * I``.
+    ``init_precision * I``. ``noise_scale`` is the scale of the weight noise
+    for the variational curvature: ``update(grads, state, params,
+    sampled_params=w)`` with ``grads`` taken at ``w = sample_params(key,
+    params, state, noise_scale)`` (module docstring).
     """
     for name, value in dict(factor_step_size=factor_step_size, damping=damping, max_factor_step=max_factor_step,
                             init_precision=init_precision, max_update_norm=max_update_norm).items():
@@ -161,6 +214,8 @@ def structured_ngd(
             raise ValueError(f"{name} must be a finite non-negative number, got {value!r}.")
     if init_precision <= 0:
         raise ValueError(f"init_precision must be positive, got {init_precision!r}.")
+    if noise_scale is not None and not (isinstance(noise_scale, (int, float)) and 0 < noise_scale < math.inf):
+        raise ValueError(f"noise_scale must be None or a positive number, got {noise_scale!r}.")
     if int(update_every) != update_every or update_every < 1:
         raise ValueError(f"update_every must be a positive number of steps, got {update_every!r}.")
     def init_fn(params):
@@ -172,17 +227,17 @@ def structured_ngd(
 
         return StructuredNGDState(jnp.zeros((), jnp.int32), jax.tree.map(init_factor, params))
 
-    def update_fn(updates, state, params=None, *, curvature_grads=None, **extra_args):
-        del params, extra_args
+    def update_fn(updates, state, params=None, *, curvature_grads=None, sampled_params=None, **extra_args):
+        del extra_args
         factors = state.factors
         group_tree = jax.tree.map(_group_of, factors, is_leaf=_is_factor)
-        if curvature_grads is not None:
-            _check_curvature_grads(updates, curvature_grads)
+        rows = _curvature_rows(group_tree, factors, updates, params, curvature_grads, sampled_params, noise_scale)
+        if rows is not None:
 
             def refresh(factors):
                 return jax.tree.map(
-                    lambda group, b, c: _factor_step(group, b, c, damping, factor_step_size, max_factor_step),
-                    group_tree, factors, curvature_grads, is_leaf=_is_factor,
+                    lambda group, b, r: _factor_step(group, b, r, damping, factor_step_size, max_factor_step),
+                    group_tree, factors, rows, is_leaf=_is_factor,
                 )
 
             factors = jax.lax.cond(state.count % update_every == 0, refresh, lambda f: f, factors)

@@ -5,10 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import scipy.linalg
 
 import ngvi.optax as ngd
 from ngvi.curvature import DenseCurvature, LowRankCurvature, SumCurvature
-from ngvi.optax import _factor_step, _group_of, parameter_group
+from ngvi.optax import _example_rows, _factor_step, _group_of, parameter_group
 
 
 def least_squares(n=200, d=6, dtype=jnp.float64):
@@ -67,7 +68,8 @@ def test_the_factor_step_with_damping_equals_the_kronecker_groups_step_on_the_da
     b = group.init(12)
     b = group.retract(b, jax.tree.map(lambda leaf: 0.3 * jax.random.normal(keys[0], leaf.shape), b))
     grads = jax.random.normal(keys[1], (n, *shape))
-    ours = jax.jit(lambda b, grads: _factor_step(group, b, grads, damping, rate, max_factor_step=10.0))(b, grads)
+    ours = jax.jit(lambda b, grads: _factor_step(group, b, _example_rows(grads), damping, rate, max_factor_step=10.0))(
+        b, grads)
 
     @jax.jit
     def reference(b, grads):
@@ -133,8 +135,47 @@ def test_sampled_params_have_the_inverse_precision_as_covariance():
     np.testing.assert_allclose(np.cov(draws.T), expected, atol=0.03 * np.max(np.abs(expected)))
 
 
+@pytest.mark.parametrize("block_size", [0, 2])
+def test_the_variational_curvature_is_unbiased(block_size):
+    """On a quadratic ``l(w) = vec(w)^T A vec(w) / 2`` the factor step from the
+    gradient at ``w = sample_params(key, params, state, sigma)``
+    (``sampled_params=w``), averaged over draws, is the step from the exact
+    ``H = A`` (per-example rows of ``A^(1/2)``), to first order in the step
+    size: Stein's lemma, ``E[Sigma^-1 (w - mu) g^T] = A``. A ``noise_scale``
+    off by 2 would give ``A / 4``, far outside the tolerance."""
+    shape, sigma, rate, num_pairs = (3, 2), 0.3, 1e-4, 20_000
+    keys = jax.random.split(jax.random.PRNGKey(5), 4)
+    root = jax.random.normal(keys[0], (6, 6)) / 2 + jnp.eye(6)
+    a = root @ root.T
+    params = {"w": jax.random.normal(keys[1], shape)}
+    opt = ngd.structured_ngd(0.1, factor_step_size=rate, block_size=block_size, damping=0.0, max_factor_step=10.0,
+                             noise_scale=sigma)
+    state = opt.init(params)
+    group = _group_of(state.factors["w"])
+    b = group.retract(state.factors["w"], jax.tree.map(lambda x: 0.2 * jax.random.normal(keys[2], x.shape),
+                                                       state.factors["w"]))
+    state = state._replace(factors={"w": b})
+    dense = lambda s: group.to_dense(s.factors["w"])
+    grad = lambda w: {"w": (a @ w["w"].reshape(-1)).reshape(shape)}
+
+    def noise_step(key):  # an antithetic pair of draws, their steps averaged
+        w = ngd.sample_params(key, params, state, sigma)
+        mirror = jax.tree.map(lambda m, x: 2 * m - x, params, w)
+        steps = [dense(opt.update(grad(x), state, params, sampled_params=x)[1]) for x in (w, mirror)]
+        return 0.5 * (steps[0] + steps[1])
+
+    averaged = jax.jit(jax.vmap(noise_step))(jax.random.split(keys[3], num_pairs)).mean(0)
+    exact_rows = {"w": np.sqrt(6.0) * np.real(scipy.linalg.sqrtm(np.asarray(a))).reshape(6, *shape)}
+    exact = dense(opt.update(grad(params), state, params, curvature_grads=exact_rows)[1])
+    change, expected = (averaged - dense(state)) / rate, (exact - dense(state)) / rate
+    np.testing.assert_allclose(change, expected, atol=0.05 * np.abs(expected).max())
+
+
 @pytest.mark.slow
-def test_an_mlp_on_digits_beats_its_initial_loss_by_a_margin():
+@pytest.mark.parametrize("curvature", ["per_example", "weight_noise"])
+def test_an_mlp_on_digits_beats_its_initial_loss_by_a_margin(curvature):
+    """Per-example gradients of a batch of 64, or the variational estimate from
+    the gradient at one weight draw of scale ``1 / sqrt(N)``."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -152,19 +193,24 @@ def test_an_mlp_on_digits_beats_its_initial_loss_by_a_margin():
         return -jax.nn.log_softmax(logits)[yi]
 
     loss = lambda params: jnp.mean(jax.vmap(example_loss, (None, 0, 0))(params, x, y))
-    opt = ngd.structured_ngd(0.05, block_size=4, damping=1e-2)
+    sigma = 1.0 / np.sqrt(x.shape[0])
+    opt = ngd.structured_ngd(0.05, block_size=4, damping=1e-2, noise_scale=sigma)
 
     @jax.jit
-    def step(params, state, idx):
-        grads = jax.grad(loss)(params)
-        example = jax.vmap(jax.grad(example_loss), (None, 0, 0))(params, x[idx], y[idx])
-        updates, state = opt.update(grads, state, params, curvature_grads=example)
+    def step(params, state, t):
+        if curvature == "weight_noise":
+            w = ngd.sample_params(jax.random.fold_in(key, t), params, state, sigma)
+            updates, state = opt.update(jax.grad(loss)(w), state, params, sampled_params=w)
+        else:
+            idx = jnp.arange(64) + 64 * (t % 15)
+            example = jax.vmap(jax.grad(example_loss), (None, 0, 0))(params, x[idx], y[idx])
+            updates, state = opt.update(jax.grad(loss)(params), state, params, curvature_grads=example)
         return optax.apply_updates(params, updates), state
 
     state = opt.init(params)
     initial = float(loss(params))
     for t in range(100):
-        params, state = step(params, state, jnp.arange(64) + 64 * (t % 15))
+        params, state = step(params, state, t)
     assert float(loss(params)) < 0.25 * initial
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves((params, state)))
 
@@ -183,5 +229,11 @@ def test_bad_input_gets_a_clear_error():
         ngd.structured_ngd(0.1, damping=-1.0)
     with pytest.raises(ValueError, match="update_every"):
         ngd.structured_ngd(0.1, update_every=0)
+    with pytest.raises(ValueError, match="noise_scale"):
+        opt.update(params, state, params, sampled_params=params)
+    with pytest.raises(ValueError, match="not both"):
+        opt.update(params, state, params, curvature_grads={"w": jnp.ones((4, 3, 2))}, sampled_params=params)
+    with pytest.raises(ValueError, match="noise_scale must be"):
+        ngd.structured_ngd(0.1, noise_scale=0.0)
     with pytest.raises(ValueError, match="block_size"):
         ngd.structured_ngd(0.1, block_size=-2).init(params)
