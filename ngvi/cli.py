@@ -89,7 +89,7 @@ def _parser():
     fit.add_argument("--steps", type=_positive_int, default=None,
                      help="run exactly this many steps (default: until converged, at most --max-steps)")
     fit.add_argument("--tol", type=float, default=0.03, help="the error the converged answer must reach, in posterior sds")
-    fit.add_argument("--max-steps", type=_positive_int, default=10_000)
+    fit.add_argument("--max-steps", type=_positive_int, default=30_000)
     fit.add_argument("--estimator", default="auto", choices=sorted(ESTIMATORS))
     fit.add_argument("--step-size", type=float, default=0.5)
     fit.add_argument("--num-samples", type=_positive_int, default=8, help="Monte-Carlo samples per step")

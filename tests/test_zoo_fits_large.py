@@ -4,10 +4,10 @@ workers share the work)."""
 
 import pytest
 
-from test_zoo_fits import LARGE, check_kl_optimum, with_known_misses
+from test_zoo_fits import LARGE, check_kl_optimum
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", with_known_misses(LARGE))
+@pytest.mark.parametrize("name", LARGE)
 def test_default_fit_is_at_the_kl_optimum(name):
     check_kl_optimum(name)
