@@ -4,10 +4,10 @@ workers share the work)."""
 
 import pytest
 
-from test_zoo_fits import LARGE, check_kl_optimum
+from test_zoo_fits import LARGE, check_kl_optimum, run_in_the_suite
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", LARGE)
+@pytest.mark.parametrize("name", run_in_the_suite(LARGE))
 def test_default_fit_is_at_the_kl_optimum(name):
     check_kl_optimum(name)
