@@ -16,7 +16,10 @@ pool and a 512-10 dense layer. Cross-entropy loss. Methods:
   with the prior ``N(0, I)`` (weight decay and damping ``1/N``), gradients at a
   draw of the weights from ``N(mu, S^-1 / N)`` (:func:`ngvi.optax.sample_params`),
   predictions averaged over 16 draws;
-* ``svgd``: the same variational rule with ``block_size=4`` (Kronecker block factors).
+* ``svgd``: the same variational rule with ``block_size=4`` (Kronecker block factors);
+* ``ivon``: ``svgd`` with the curvature from the weight noise instead of
+  per-example gradients (``noise_scale=1/sqrt(N)``, ``sampled_params``: the
+  variational Hessian estimate ``sym(Sigma^-1 (w - mu) g^T)``), refreshed every step.
 
 The natural-gradient methods use a cosine decay of the learning rate to a tenth
 over the run; Adam and AdamW a constant one. Every epoch: test accuracy, test
@@ -41,7 +44,7 @@ import ngvi.optax as ngd
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 BATCH, PREDICTIVE_DRAWS, BINS = 64, 16, 15
-METHODS = ("adam", "adamw", "sngd", "vogn", "svgd")
+METHODS = ("adam", "adamw", "sngd", "vogn", "svgd", "ivon")
 
 
 def digits():
@@ -88,7 +91,8 @@ def metrics(probs, y):
 
 
 def make_method(method, name, num_train, num_steps, update_every):
-    """``(optimiser, variational, uses_curvature)``."""
+    """``(optimiser, variational, uses_curvature)``; ``uses_curvature`` is
+    ``"noise"`` for the weight-noise curvature (every step)."""
     cosine = optax.cosine_decay_schedule(0.1, num_steps, alpha=0.1)
     if method == "adam":
         return optax.adam(1e-3), False, False
@@ -98,6 +102,9 @@ def make_method(method, name, num_train, num_steps, update_every):
         return ngd.structured_ngd(cosine, block_size=4, damping=1e-3, update_every=update_every), False, True
     prior = 1.0 / num_train
     block_size = 0 if method == "vogn" else 4
+    if method == "ivon":
+        rule = ngd.structured_ngd(cosine, block_size=4, damping=prior, noise_scale=1.0 / np.sqrt(num_train))
+        return optax.chain(optax.add_decayed_weights(prior), rule), True, "noise"
     opt = optax.chain(optax.add_decayed_weights(prior),
                       ngd.structured_ngd(cosine, block_size=block_size, damping=prior, update_every=update_every))
     return opt, True, True
@@ -119,8 +126,8 @@ def run(method, name, seed, epochs, update_every, data):
         noise_key, label_key = jax.random.split(key)
         at = weights(noise_key, params, state)
         grads = jax.grad(batch_loss)(at, x, y)
-        extra = {}
-        if refresh:
+        extra = dict(sampled_params=at) if uses_curvature == "noise" else {}
+        if refresh and uses_curvature is True:
             sampled = jax.random.categorical(label_key, jax.vmap(lambda xi: logits(name, at, xi))(x))
             extra = dict(curvature_grads=jax.vmap(jax.grad(example_loss), (None, 0, 0))(at, x, sampled))
         updates, state = opt.update(grads, state, params, **extra)
@@ -146,7 +153,7 @@ def run(method, name, seed, epochs, update_every, data):
         order = order_rng.permutation(num_train)
         for i in range(steps_per_epoch):
             idx = order[i * BATCH:(i + 1) * BATCH]
-            refresh = uses_curvature and count % update_every == 0
+            refresh = uses_curvature is True and count % update_every == 0
             fn = refresh_step if refresh else plain_step
             t0 = time.perf_counter()
             params, state = jax.block_until_ready(fn(params, state, jax.random.fold_in(key, count + 1),

@@ -72,7 +72,8 @@ def main():
         optima = json.loads(PATH.read_text()) if PATH.exists() else {}
         optima[name] = optimum
         PATH.write_text(json.dumps(optima, indent=1) + "\n")
-        print(f"{name}: {optimum['steps']} steps, converged {optimum['converged']}, {optimum['wall_s']:.0f} s", flush=True)
+        print(f"{name}: {optimum['steps']} steps, converged {optimum['converged']}, {optimum['wall_s']:.0f} s",
+              flush=True)
 
 
 if __name__ == "__main__":

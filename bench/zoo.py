@@ -38,7 +38,8 @@ time adds up the loop calls only. A method stops after the checkpoint where
 its gradient evaluations or loop time reach the budget.
 
 Errors against the target's unconstrained mean ``m`` and sd ``s`` (the
-reference's, from its covariance's diagonal, or the stored KL optimum's): mean error ``max_i |mu_i - m_i| / s_i``, sd error
+reference's, from its covariance's diagonal, or the stored KL optimum's): mean
+error ``max_i |mu_i - m_i| / s_i``, sd error
 ``max_i |sd_i / s_i - 1|``; the target is both below ``TOL``, "first reached"
 is the first checkpoint that meets it. At the last checkpoint: the negative
 ELBO ``mean(log q(z) - log p(x, z))`` over ``ELBO_DRAWS`` draws of the fitted
