@@ -23,17 +23,14 @@ import argparse  # noqa: E402
 import importlib  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from numpyro.infer import init_to_median  # noqa: E402
 
-from ngvi import NGVI, StructuredGaussian, groups  # noqa: E402
+from ngvi import NGVI, StructuredGaussian  # noqa: E402
 from ngvi.models.reference import load_reference  # noqa: E402
-
-PATH = Path(__file__).resolve().parent / "results" / "kl_optima.json"
-DENSE_MAX_DIM = 200
+from zoo import KL_OPTIMA, group_for  # noqa: E402
 
 
 def kl_optimum(name, tol, max_steps):
@@ -41,7 +38,7 @@ def kl_optimum(name, tol, max_steps):
     module = importlib.import_module(f"ngvi.models.{name}")
     kw = module.data()
     dim = load_reference(name)["unconstrained"]["dim"]
-    group = groups.Dense() if dim <= DENSE_MAX_DIM else groups.BlockUpperTriangular(8)
+    group = group_for(dim)
     guide = StructuredGaussian(module.model, group=group, init_loc_fn=init_to_median)
     start = time.perf_counter()
     result = NGVI(module.model, guide, tol=tol, max_steps=max_steps).run(jax.random.PRNGKey(1), None, **kw)
@@ -53,14 +50,6 @@ def kl_optimum(name, tol, max_steps):
     }
 
 
-def load(name):
-    """``(mean, sd)`` of model ``name``'s stored KL optimum; a ValueError names the command that makes it."""
-    optima = json.loads(PATH.read_text()) if PATH.exists() else {}
-    if name not in optima:
-        raise ValueError(f"no KL optimum stored for {name!r} in {PATH}: run python bench/kl_optima.py --models {name}")
-    return np.asarray(optima[name]["mean"]), np.asarray(optima[name]["sd"])
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", required=True, help="comma-separated zoo models")
@@ -69,9 +58,9 @@ def main():
     args = parser.parse_args()
     for name in args.models.split(","):
         optimum = kl_optimum(name, args.tol, args.max_steps)
-        optima = json.loads(PATH.read_text()) if PATH.exists() else {}
+        optima = json.loads(KL_OPTIMA.read_text()) if KL_OPTIMA.exists() else {}
         optima[name] = optimum
-        PATH.write_text(json.dumps(optima, indent=1) + "\n")
+        KL_OPTIMA.write_text(json.dumps(optima, indent=1) + "\n")
         print(f"{name}: {optimum['steps']} steps, converged {optimum['converged']}, {optimum['wall_s']:.0f} s",
               flush=True)
 

@@ -58,6 +58,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import importlib  # noqa: E402
+import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -88,7 +89,6 @@ from numpyro.infer.autoguide import (  # noqa: E402
 from numpyro.infer.util import potential_energy  # noqa: E402
 
 import batch_and_match  # noqa: E402
-import kl_optima  # noqa: E402
 from ngvi import NGVI, StructuredGaussian, groups  # noqa: E402
 from ngvi.models.reference import load_reference  # noqa: E402
 from ngvi.target import make_target  # noqa: E402
@@ -103,6 +103,7 @@ AUTOGUIDES = {
 LEARNING_RATES = (1e-3, 1e-2)
 TOL, ELBO_DRAWS, CHECKS_PER_DECADE, DENSE_MAX_DIM = 0.1, 2000, 8, 200
 RESULTS = ROOT / "bench" / "results"
+KL_OPTIMA = RESULTS / "kl_optima.json"  # written by bench/kl_optima.py
 
 
 class Method(NamedTuple):
@@ -247,9 +248,13 @@ def nuts_method(model, kw, ref):
 
 def target_moments(name, ref, target):
     """The unconstrained mean and sd the errors are measured against: the NUTS
-    reference's (``target="nuts"``) or the family's KL optimum (``"kl"``, :mod:`kl_optima`)."""
+    reference's (``target="nuts"``) or the family's KL optimum (``"kl"``, stored by ``bench/kl_optima.py``)."""
     if target == "kl":
-        return kl_optima.load(name)
+        optima = json.loads(KL_OPTIMA.read_text()) if KL_OPTIMA.exists() else {}
+        if name not in optima:
+            raise ValueError(f"no KL optimum stored for {name!r} in {KL_OPTIMA}: "
+                             f"run python bench/kl_optima.py --models {name}")
+        return np.asarray(optima[name]["mean"]), np.asarray(optima[name]["sd"])
     return np.asarray(ref["unconstrained"]["mean"]), np.sqrt(np.diagonal(np.asarray(ref["unconstrained"]["cov"])))
 
 
