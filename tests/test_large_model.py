@@ -4,14 +4,11 @@ fitted on subsamples of a tenth of the data at the defaults, against its stored
 full-data fit (``python -m ngvi.models.make_full_data_fit``). In float32, as a
 large fit runs, in a subprocess (the suite runs in float64) under a time limit."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from ngvi.models.reference import load_fit
+from subprocesses import run_python
 
 CHILD = """
 import sys
@@ -42,13 +39,7 @@ def test_the_subsampled_fit_at_10k_latents_matches_the_full_data_fit(tmp_path):
     generating values as often as the full-data fit's do (90.5%)."""
     script, out = tmp_path / "fit.py", tmp_path / "fit.npz"
     script.write_text(CHILD)
-    # A long run, not many small compilations: at XLA's default optimisation level (conftest.py lowers it).
-    flags = [flag for flag in os.environ.get("XLA_FLAGS", "").split() if not flag.startswith("--xla_backend_optimization")]
-    env = {name: value for name, value in os.environ.items() if name != "XLA_FLAGS"}
-    env.update({"XLA_FLAGS": " ".join(flags)} if flags else {})
-    done = subprocess.run([sys.executable, str(script), str(out), str(MAX_STEPS)], capture_output=True, text=True,
-                          timeout=1100, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_python([script, out, MAX_STEPS], timeout=1100)
     fit, reference = np.load(out), load_fit("crossed_effects_full_data_fit")
     assert np.all(np.isfinite(fit["mean"])) and np.all(np.isfinite(fit["sd"]))
     z = (fit["mean"] - reference["mean"]) / reference["sd"]

@@ -9,5 +9,5 @@ from test_zoo_fits import LARGE, check_kl_optimum, run_in_the_suite
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", run_in_the_suite(LARGE))
-def test_default_fit_is_at_the_kl_optimum(name):
-    check_kl_optimum(name)
+def test_default_fit_is_at_the_kl_optimum(name, tmp_path):
+    check_kl_optimum(name, tmp_path)
