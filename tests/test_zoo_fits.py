@@ -297,15 +297,17 @@ def test_default_fit_is_at_the_kl_optimum(name, tmp_path):
 
 @pytest.mark.slow
 def test_the_check_sees_a_miss_of_its_tolerance():
-    """At the logistic regression's fit, every sd 18% small (precision x1.5) gives an
-    sd step of about 0.17, and one mean 0.25 sd off a Newton step of about 0.25:
-    both above the tolerances, while the fit itself is well inside them."""
+    """At the logistic regression's fit, every sd 18% small (precision x1.5) gives
+    sd steps of about 0.17 (their median; each has the check's noise, se up to
+    0.016), above the tolerance, and one mean 0.25 sd off a Newton step of about
+    0.25, while the fit itself is well inside both."""
     guide, _, data, loc, factor = averaged_fit("logistic_regression")
     newton, sd_change, _, _ = optimality(guide, data, loc, factor)
     assert np.abs(newton).max() < MEAN_TOL / 2 and np.abs(sd_change).max() < SD_TOL / 2
     sharper = jax.tree.map(lambda f: np.sqrt(1.5) * f, factor)
     _, sd_change, _, _ = optimality(guide, data, loc, sharper)
-    np.testing.assert_allclose(np.abs(sd_change).max(), 1 / 6, rtol=0.25)
+    np.testing.assert_allclose(np.median(sd_change), 1 / 6, rtol=0.1)
+    assert np.abs(sd_change).max() > SD_TOL
     sd = np.sqrt(np.diag(np.linalg.inv(np.asarray(guide.group.to_dense(factor) @ guide.group.to_dense(factor).T))))
     newton, _, _, _ = optimality(guide, data, loc + 0.25 * sd * np.eye(loc.size)[0], factor)
     np.testing.assert_allclose(np.abs(newton).max(), 0.25, rtol=0.25)
