@@ -34,6 +34,9 @@ _DIAGONAL_ROWS = 8
 # Floats of Hessian-vector products an exact curvature takes at once: a block of
 # c basis vectors at m points holds c * m * p of them.
 _BLOCK_FLOATS = 2**16
+# The noise a shrunken probe diagonal leaves in a whitened entry X_jj is at most
+# half of this (HessianCurvature.diagonal): 1/4, an eighth of beta in the step.
+SHRINK_SCALE = 0.5
 
 
 def _tree_sum(trees):
@@ -161,25 +164,47 @@ class HessianCurvature(Curvature):
     ``p`` products, taken ``block_size`` basis vectors at a time (by default
     ``2^16 / (num_points p)``, at least one) so that ``diagonal()`` and
     ``factor_sum`` need memory ``O(block_size p)`` per point, never ``p x p``. With
-    ``probes`` a pair ``(U, V)`` of ``(n, p)`` arrays whose rows have
+    ``probes`` a pair ``(U, V)`` of ``(m, p)`` arrays whose rows have
     ``E[u v^T] = I`` they are the unbiased Hutchinson estimates
     ``diag(H) ~ mean_i u_i ⊙ H v_i`` and ``H ~ sym(mean_i u_i (H v_i)^T)``
-    (``n`` products): ``U = V = R`` Rademacher, or whitened,
+    (``m`` products): ``U = V = R`` Rademacher, or whitened,
     ``(U, V) = (R B^T, R B^-1)``, whose estimate of ``B^-1 H B^-T`` is
     ``sym(mean_i r_i (B^-1 H B^-T r_i)^T)``, exact on the diagonal wherever
     ``B^-1 H B^-T = I`` (:func:`ngvi.estimators.whitened_probes`). ``num_points``
     is the number of points ``hvp`` averages over (each product costs
     ``2 num_points`` gradient evaluations).
+
+    Probes of each point: ``(U, V)`` of shape ``(n, m, p)`` with
+    ``point_products(V)`` the products ``hess l(z_n) V_n`` at each of the ``n``
+    points and ``weights`` their ``w_n`` (``H = sum_n w_n hess l(z_n)``): the
+    same ``n m`` single-point products as ``m`` shared probes cost, but
+    ``n m`` independent ones, whose spread also measures the noise
+    (:meth:`diagonal`).
+
+    ``shrink_to=gamma`` (whitened probes) shrinks their diagonal towards
+    ``gamma diag(S)``, where the step leaves ``S`` as it is, by its noise
+    (:meth:`diagonal`).
     """
 
-    def __init__(self, hvp, dim, dtype, probes=None, num_points=1, block_size=None):
-        self.hvp, self.dim, self.dtype, self.probes, self.num_points = hvp, dim, dtype, probes, num_points
+    def __init__(
+        self, hvp, dim, dtype, probes=None, num_points=1, block_size=None, point_products=None, weights=None,
+        shrink_to=None,
+    ):
+        self.hvp, self.dim, self.dtype, self.num_points = hvp, dim, dtype, num_points
         self._block_size = block_size
-        self._num_products = 0
+        self._num_evaluations = 0  # Hessian-vector products at single points
+        self.shrink_to = shrink_to
+        if probes is not None and probes[0].ndim == 2:  # shared by all points: one "point", the mean
+            probes = tuple(x[None] for x in probes)
+            point_products, weights = (lambda vs: self._products(vs[0])[None]), jnp.ones(1, dtype)
+        elif probes is not None:
+            self._point_products = point_products
+            point_products = self._products_at_points
+        self.probes, self._probe_products, self.probe_weights = probes, point_products, weights
 
     @property
     def num_grads(self):
-        return 2 * self.num_points * self._num_products
+        return 2 * self._num_evaluations
 
     @property
     def block_size(self):
@@ -188,32 +213,73 @@ class HessianCurvature(Curvature):
         return max(1, min(self.dim, size))
 
     def _products(self, vectors):
-        self._num_products += vectors.shape[0]
+        self._num_evaluations += self.num_points * vectors.shape[0]
         return jax.vmap(self.hvp)(vectors)
 
+    def _products_at_points(self, vectors):
+        self._num_evaluations += vectors.shape[0] * vectors.shape[1]
+        return self._point_products(vectors)
+
     def matvec(self, v):
-        self._num_products += 1
+        self._num_evaluations += self.num_points
         return self.hvp(v)
 
     def matmat(self, vectors):
         return self._products(vectors)
 
-    def _probe_factors(self):
+    def _probe_terms(self):
+        """``(U, H V, omega)``: the ``n m`` probe pairs with their products as rows,
+        and the weight ``omega = w_n / m`` of each in the estimates."""
         left, right = self.probes
-        scale = 1.0 / jnp.sqrt(left.shape[0])
-        return scale * left, self._products(scale * right)
+        num, per_point, dim = left.shape
+        omega = jnp.repeat(self.probe_weights / per_point, per_point)
+        products = self._probe_products(right).reshape(-1, dim)
+        return left.reshape(-1, dim), jnp.where(omega[:, None] > 0, products, 0.0), omega  # a left-out point's: 0
 
     def factor_sum(self, fn):
         if self.probes is None:
-            self._num_products += self.dim
+            self._num_evaluations += self.num_points * self.dim
             return _basis_sum(fn, jax.vmap(self.hvp), self.dim, self.dtype, self.block_size)
         return fn(*self._probe_factors())
 
+    def _probe_factors(self):
+        left, products, omega = self._probe_terms()
+        root = jnp.sqrt(omega)[:, None]
+        return root * left, root * products
+
     def diagonal(self):
+        """``diag(H)``: exact, or the probes' weighted mean ``d = sum_t omega_t
+        u_t ⊙ H v_t``.
+
+        With ``shrink_to=gamma`` each entry of the probes' mean moves from
+        ``s_j = gamma S_jj`` (``S_jj = sum_t omega_t u_tj^2`` for whitened probes
+        ``u = B r``: exact where row ``j`` of ``B`` is diagonal, as on the
+        diagonal part of the block groups) towards ``d_j`` by ``w_j = 1 / (1 +
+        var(X_jj) / SHRINK_SCALE^2)``, ``var(X_jj) = var(d_j) / S_jj^2`` the
+        variance of the whitened entry ``X_jj = d_j / S_jj - gamma`` (from the
+        probes' spread), so that ``w_j X_jj`` carries a noise of at most
+        ``SHRINK_SCALE / 2``. Where ``B^-1 H B^-T`` has couplings the group
+        does not hold (a diagonal part on a chain of correlated coordinates),
+        the probes' noise in ``X_jj`` does not vanish at the optimum, and through
+        the retraction (``h(m) >= 1/2`` is bounded below but not above, so
+        noise makes ``E[log h(m)] > 0``) it inflates the precision step after
+        step, which in turn inflates the noise (in float32 a stochastic
+        volatility fit went to precisions of 10^20 this way). The
+        shrinkage keeps the fixed point: the probes' deviations are symmetric,
+        so their mean is uncorrelated with their spread."""
         if self.probes is None:
             return super().diagonal()
-        left, right = self.probes
-        return jnp.mean(left * self._products(right), axis=0)
+        left, products, omega = self._probe_terms()
+        terms = left * products
+        estimate = omega @ terms
+        if self.shrink_to is None:
+            return estimate
+        scale = jnp.maximum(omega @ left**2, jnp.finfo(left.dtype).tiny)
+        count = 1.0 / jnp.sum(omega**2)  # the number of terms the weights are worth
+        variance = (omega**2 @ (terms - estimate) ** 2) * count / jnp.maximum(count - 1.0, 1.0)
+        weight = 1.0 / (1.0 + variance / (SHRINK_SCALE * scale) ** 2)
+        prior = self.shrink_to * scale
+        return prior + weight * (estimate - prior)
 
     def factors(self):
         if self.probes is None:

@@ -144,10 +144,12 @@ def hessian(key, target, group, loc, factor, num_samples, gamma, probes=None, cu
     eps, z = gaussian_samples(sample_key, group, loc, factor, num_samples, target.draw_sharding)
     values, grads = _values_and_grads(target.potential, z)
     weights = draw_weights(values, grads)
-    probe_pairs = None if probes is None else whitened_probes(probe_key, group, factor, probes)
     m = _check_curvature_samples(curvature_samples, num_samples)
+    probe_pairs = None if probes is None else jax.vmap(lambda k: whitened_probes(k, group, factor, probes))(
+        jax.random.split(probe_key, m)
+    )
     curvature_weights = weights[:m] / jnp.maximum(jnp.sum(weights[:m]), jnp.finfo(loc.dtype).tiny)
-    curvature = hessian_curvature(target.potential, z[:m], group, probe_pairs, curvature_weights)
+    curvature = hessian_curvature(target.potential, z[:m], group, probe_pairs, curvature_weights, gamma)
     return _estimate(values, eps, weights, _weighted_sum(weights, grads), curvature, group, factor, gamma)
 
 
@@ -164,15 +166,24 @@ def whitened_probes(key, group, factor, num_probes):
     return jax.vmap(lambda v: group.matvec(factor, v))(r), jax.vmap(lambda v: group.rsolve(factor, v))(r)
 
 
-def hessian_curvature(fn, z, group, probes=None, weights=None):
+def hessian_curvature(fn, z, group, probes=None, weights=None, gamma=1.0):
     """``H = sum_n w_n hess fn(z_n)`` (``w_n = 1 / n`` by default) as the operator
     ``group`` reads: a matrix (``p`` products per point) for a full-matrix group
-    without ``probes``, otherwise products on demand (Hutchinson ``probes``, a
-    pair of ``(n, p)`` arrays, if given)."""
-    hvp, (num, dim) = _mean_hvp(fn, z, weights), z.shape
+    without ``probes``, otherwise products on demand, with the diagonal from
+    whitened Hutchinson ``probes`` if given (:func:`whitened_probes`: a pair of
+    ``(m, p)`` arrays shared by the points, or ``(n, m, p)`` for each point its
+    own), shrunk towards ``gamma diag(S)`` by its noise
+    (:meth:`ngvi.curvature.HessianCurvature.diagonal`)."""
+    (num, dim), grad = z.shape, jax.grad(fn)
+    weights = jnp.full(num, 1.0 / num, z.dtype) if weights is None else weights
+    hvp = _mean_hvp(fn, z, weights)
     if probes is None and group.dense_curvature:
         return DenseCurvature(jax.vmap(hvp)(jnp.eye(dim, dtype=z.dtype)), num_grads=2 * num * dim)
-    return HessianCurvature(hvp, dim, z.dtype, probes, num_points=num)
+    at_points = jax.vmap(lambda zi, vs: jax.vmap(lambda v: jax.jvp(grad, (zi,), (v,))[1])(vs))
+    return HessianCurvature(
+        hvp, dim, z.dtype, probes, num_points=num, point_products=lambda vs: at_points(z, vs), weights=weights,
+        shrink_to=gamma,
+    )
 
 
 def _check_curvature_samples(curvature_samples, num_samples):

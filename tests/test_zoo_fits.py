@@ -174,7 +174,7 @@ CONVERGED_FIT = f"""
 import sys
 sys.path.insert(0, {os.path.dirname(__file__)!r})
 import jax
-jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_enable_x64", sys.argv[3] == "float64")
 import numpy as np
 from test_zoo_fits import converged_fit_here
 
@@ -183,13 +183,13 @@ np.savez(sys.argv[2], loc=answer["loc"], *jax.tree.leaves(answer["factor"]), **c
 """
 
 
-def converged_fit(name, tmp_path):
-    """:func:`converged_fit_here` in a fresh process (float64, as the suite; at
-    XLA's default optimisation level: :mod:`subprocesses`): ``(guide, counts,
-    data, loc, factor)``."""
+def converged_fit(name, tmp_path, dtype="float64"):
+    """:func:`converged_fit_here` in a fresh process (in ``dtype``; at XLA's
+    default optimisation level: :mod:`subprocesses`): ``(guide, counts, data,
+    loc, factor)``."""
     script, out = tmp_path / "fit.py", tmp_path / "fit.npz"
     script.write_text(CONVERGED_FIT)
-    run_python([script, name, out], timeout=1100)
+    run_python([script, name, out, dtype], timeout=1100)
     _, data, guide = guide_at_test_size(name)
     saved = np.load(out)
     p = saved["loc"].size
@@ -263,11 +263,12 @@ def optimality(guide, data, loc, factor):
     return mean[:p], mean[p:], se[:p], se[p:]
 
 
-def check_kl_optimum(name, tmp_path):
-    """The default fit of ``name`` is finite, rejects at most 5% of its steps and
-    meets the KL optimum's first-order conditions (module docstring)."""
-    if name in CONVERGED | set(STOPPED_AT):
-        guide, counts, data, loc, factor = converged_fit(name, tmp_path)
+def check_kl_optimum(name, tmp_path, dtype="float64"):
+    """The default fit of ``name`` (in ``dtype``: a float32 fit is ``run(key,
+    None)``'s) is finite, rejects at most 5% of its steps and meets the KL
+    optimum's first-order conditions (module docstring)."""
+    if name in CONVERGED | set(STOPPED_AT) or dtype != "float64":
+        guide, counts, data, loc, factor = converged_fit(name, tmp_path, dtype)
     else:
         guide, state, data, loc, factor = averaged_fit(name)
         counts = Counts(int(state.vi_state.step), int(state.num_rejected), False)
@@ -275,7 +276,7 @@ def check_kl_optimum(name, tmp_path):
     assert np.all(np.isfinite(loc)) and all(np.all(np.isfinite(f)) for f in jax.tree.leaves(factor))
     assert counts.rejected <= counts.steps // 20, counts
     newton, sd_change, newton_se, sd_se = optimality(guide, data, loc, factor)
-    print(f"{name} (p = {p}, {guide.group}): Newton step max {np.abs(newton).max():.3f} sd "
+    print(f"{name} ({dtype}, p = {p}, {guide.group}): Newton step max {np.abs(newton).max():.3f} sd "
           f"(se {newton_se.max():.3f}), sd step max {np.abs(sd_change).max():.3f} (se {sd_se.max():.3f}), {counts}")
     # The check must be able to see a miss of the tolerance: Monte-Carlo error well below it.
     assert newton_se.max() < noise_bound(p, MEAN_TOL) and sd_se.max() < noise_bound(p, SD_TOL)
