@@ -3,6 +3,7 @@ low-rank diagonal's reduction.
 
     python bench/structured_cost.py probes [--steps 400] [--reference-steps 600] [--seed 0]
     python bench/structured_cost.py diagonal [--repeats 50]
+    python bench/structured_cost.py zoo --model irt_2pl --estimator auto|hessian [--float32]
 
 ``probes``: ``BlockUpperTriangular(8)`` on a 300-dimensional Gaussian target
 ``N(m, C)``, ``C = Q diag(lambda) Q^T`` with ``Q`` Haar-random and ``lambda``
@@ -28,6 +29,14 @@ jitted, median (and fastest) of ``--repeats`` calls with
 ``block_until_ready``, float32 and float64: the row loop that
 :class:`ngvi.curvature.LowRankCurvature` used, three vectorised reductions
 and what it uses now (the sum for up to 8 rows, else the row loop).
+
+``zoo``: NGVI ``run(key, None)`` with key 0 on a zoo model at the test suite's
+size and group (``tests/test_zoo_fits.py``: ``BlockUpperTriangular(8)`` for
+p > 200) with ``--estimator`` "auto" (4 probes) or "hessian" (the exact
+diagonal); prints its steps, gradient evaluations (``info.num_grads``), wall
+time including compilation, and the answer's first-order check of the KL
+optimum by plain autodiff (``tests/test_zoo_fits.py::optimality``: the largest
+Newton step and sd step, in fitted sds, with their standard errors).
 """
 
 import os
@@ -152,6 +161,31 @@ def diagonal(args):
     print(f"load average: {os.getloadavg()[0]:.1f}")
 
 
+def zoo(args):
+    """One ``run(key, None)`` on a zoo model and its first-order check (module docstring)."""
+    import sys
+
+    jax.config.update("jax_enable_x64", not args.float32)
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from test_zoo_fits import guide_at_test_size, optimality
+
+    from ngvi import NGVI, convergence
+
+    module, data, guide = guide_at_test_size(args.model)
+    start = time.perf_counter()
+    result = NGVI(module.model, guide, estimator=args.estimator).run(jax.random.PRNGKey(0), None, progress_bar=False, **data)
+    wall = time.perf_counter() - start
+    answer = convergence.parameters(result.state.vi_state, guide.group)
+    jax.config.update("jax_enable_x64", True)
+    as64 = lambda x: np.asarray(x, np.float64)  # noqa: E731
+    newton, sd_step, newton_se, sd_se = optimality(guide, data, as64(answer["loc"]), jax.tree.map(as64, answer["factor"]))
+    print(f"{args.model} ({'float32' if args.float32 else 'float64'}, {args.estimator}): "
+          f"{result.losses.shape[0]} steps, converged {result.converged}, "
+          f"{np.sum(np.asarray(result.info.num_grads)) / 1e6:.2f} M gradient evaluations, {wall:.0f} s, "
+          f"{int(result.state.num_rejected)} rejected; Newton step {np.abs(newton).max():.3f} (se {newton_se.max():.3f}), "
+          f"sd step {np.abs(sd_step).max():.3f} (se {sd_se.max():.3f})")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -161,8 +195,12 @@ def main():
     fits.add_argument("--seed", type=int, default=0)
     timing = sub.add_parser("diagonal")
     timing.add_argument("--repeats", type=int, default=50)
+    model = sub.add_parser("zoo")
+    model.add_argument("--model", required=True)
+    model.add_argument("--estimator", default="auto", choices=["auto", "hessian"])
+    model.add_argument("--float32", action="store_true")
     args = parser.parse_args()
-    {"probes": probes, "diagonal": diagonal}[args.what](args)
+    {"probes": probes, "diagonal": diagonal, "zoo": zoo}[args.what](args)
 
 
 if __name__ == "__main__":
