@@ -62,12 +62,8 @@ BATCH_DECORRELATIONS, MIN_HALF, DRIFT_Z, NUM_PROBES = 4.0, 4, 3.0, 8
 # noise's second-order effect), which averaging alone does not remove.
 MIN_STEP_SCALE = 1.0 / 16
 # A run may stop above the smallest step only with its standard error below
-# EARLY_SE of the tolerance's; at the smallest step only with halves that agree
-# to within FLOOR_DRIFT of it (noise alone, at a standard error at the
-# tolerance, differs by ~sqrt(2) of it): a slow drift that noisy batch means
-# pass as stationary is not an answer (Neal's funnel's v, relaxing at ~1/80 of
-# the step's rate, stopped 0.2 sd short with drift 4x the tolerance).
-EARLY_SE, FLOOR_DRIFT = 0.25, 2.0
+# EARLY_SE of the tolerance's.
+EARLY_SE = 0.25
 
 
 def parameters(vi_state, group):
@@ -220,7 +216,6 @@ def _check(window, shift_fn, rms_tol):
     # means understate the noise, and halves agree by chance).
     halved = window.step_scale < window.first_scale
     at_floor = window.first_scale == window.step_scale == MIN_STEP_SCALE
-    at_floor = at_floor and max(drift) <= FLOOR_DRIFT * rms_tol
     precise = se <= rms_tol and (at_floor or (halved and max(drift) <= rms_tol and se <= EARLY_SE * rms_tol))
     converged = stationary and precise
     check = Check(max(drift), se, stationary, converged, average(window.first, window.current, 0.5))

@@ -2,14 +2,11 @@
 pure functions of ``(mu, B)``:
 
     B  <- B h(beta C ⊙ kappa(X)),      X = B^-1 E_q[hess l] B^-T - gamma I
-    mu <- mu - beta S^-1 g_mu,         S = B B^T
+    mu <- mu - beta S_new^-1 g_mu,     S_new = B_new B_new^T
 
-Both halves are the natural gradient at the local origin, so the mean step
-uses the precision before the step. The updated precision ``S_new`` (as in
-VON and the Bayesian learning rule) differs by ``O(beta^2)`` per step, but
-under a Monte-Carlo estimate it holds this step's draws: its correlation with
-``g_mu`` moves the fixed point by ``O(beta)`` (``loc_precision`` in
-:func:`natural_gradient_step`; the exact-curvature optimiser uses ``S_new``).
+The mean step uses the updated precision, as in VON and the Bayesian learning
+rule (it differs from using ``S`` by ``O(beta^2)``): once the precision has
+caught up with the curvature, the mean takes a full Newton-like step.
 
 Step control (MATH.md sec. 8): each half of the step has length
 ``min(beta, t*)``, ``t*`` the minimiser of a quadratic model of ``L`` along it
@@ -21,7 +18,7 @@ structured products), so one step stretches ``B`` by at most ``h(r)`` and
 shrinks it by at most ``1 / 2`` in any direction, however the curvature is
 spread over the coordinates. The
 mean step is also bounded by
-``loc_trust_radius * sqrt(p)`` in the local (whitened) coordinates of its precision.
+``loc_trust_radius * sqrt(p)`` in the local (whitened) coordinates of ``S_new``.
 """
 
 from typing import NamedTuple
@@ -49,9 +46,9 @@ def _clip(norm, radius):
 
 def _line_minimiser(estimate, direction):
     """``alpha* = g^T d / d^T H d``: the minimiser of the quadratic model of
-    ``E_q[l](mu - alpha d)`` along ``d = S^-1 g_mu`` (infinite where
-    ``d^T H d <= 0``); ``alpha* = 1`` when ``S`` equals the curvature, less
-    when a structured ``S`` misses curvature the step runs into."""
+    ``E_q[l](mu - alpha d)`` along ``d = S_new^-1 g_mu`` (infinite where
+    ``d^T H d <= 0``); ``alpha* = 1`` when ``S_new`` equals the curvature, less
+    when a structured ``S_new`` misses curvature the step runs into."""
     curvature = jnp.vdot(direction, estimate.curvature.matvec(direction))
     gain = jnp.vdot(estimate.grad_loc, direction)
     return jnp.where(curvature > 0, gain / jnp.where(curvature > 0, curvature, 1.0), jnp.inf)
@@ -92,19 +89,8 @@ def natural_gradient_step(
     loc_trust_radius=10.0,
     num_probes=4,
     loc_line_search=True,
-    loc_precision="current",
 ):
     """One natural-gradient step from an :class:`ngvi.estimators.Estimate`.
-
-    The mean moves along ``S^-1 g_mu`` with ``loc_precision="current"``, the
-    precision before the step (MATH.md sec. 3: both halves are the natural
-    gradient at ``eta_0 = 0``), or ``"updated"``, after it. Under a Monte-Carlo
-    estimate the updated precision holds this step's draws, whose correlation
-    with ``g_mu`` moves the fixed point by ``O(beta)`` (Neal's funnel at
-    ``beta = 0.03``: the mean of ``v`` 0.3 posterior sds off the optimum with
-    ``"updated"``, within its noise of it with ``"current"``); with exact
-    curvature (:func:`ngvi.optim.structured_newton`) ``"updated"`` makes a
-    Dense step of size 1 a Newton step from any ``S``.
 
     Cost: one solve pair for the mean, the group's ``local_gradient``, one
     retraction (``O(k^2 p)`` for block groups; no ``p x p`` matrix is formed
@@ -123,12 +109,9 @@ def natural_gradient_step(
     factor_scale = _clip(factor_norm, trust_radius)
     scaled = jax.tree.map(lambda m: (factor_scale * factor_step) * m, direction)
     new_factor = group.retract(factor, scaled)
-    if loc_precision not in ("current", "updated"):
-        raise ValueError(f"loc_precision must be 'current' or 'updated', got {loc_precision!r}.")
-    loc_factor = factor if loc_precision == "current" else new_factor
-    direction_loc = group.rsolve(loc_factor, group.solve(loc_factor, estimate.grad_loc))  # S^-1 g_mu
+    direction_loc = group.rsolve(new_factor, group.solve(new_factor, estimate.grad_loc))  # S_new^-1 g_mu
     loc_step = jnp.minimum(step_size, _line_minimiser(estimate, direction_loc)) if loc_line_search else step_size
-    loc_norm = loc_step * jnp.linalg.norm(group.rmatvec(loc_factor, direction_loc))
+    loc_norm = loc_step * jnp.linalg.norm(group.rmatvec(new_factor, direction_loc))
     loc_scale = _clip(loc_norm, loc_trust_radius * root_dim)
     new_loc = loc - (loc_scale * loc_step) * direction_loc
     return new_loc, new_factor, StepInfo(loc_norm, factor_norm, loc_scale, factor_scale)

@@ -163,7 +163,7 @@ def update(
     beta = state.radius * jnp.asarray(step_size_at(step_size, state.count), dtype)
     loc, factor, step_info = natural_gradient_step(
         step_key, group, state.params, state.factor, estimate, beta, 1.0,
-        state.radius * trust_radius, state.radius * loc_trust_radius, line_probes, line_search, "updated",
+        state.radius * trust_radius, state.radius * loc_trust_radius, line_probes, line_search,
     )
     loss, grad = jax.value_and_grad(loss_fn)(loc)
     accept = is_finite(loc, factor, loss, grad) & (loss <= state.loss)
