@@ -70,7 +70,8 @@ def fit(name, seed):
 def report(rows):
     """A markdown table of ``rows`` and the share within 0.03 sd and 3%."""
     lines = [
-        "| model (p, group) | dtype | seed | stopped | steps | grads | rejected | wall s | mean err | sd err | optimum tol |",
+        "| model (p, group) | dtype | seed | stopped | steps | grads | rejected | wall s | mean err | sd err "
+        "| optimum tol |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
