@@ -274,12 +274,13 @@ def test_the_step_is_unbiased_at_neal_funnels_kl_optimum():
         v, x = z[0], z[1:]
         return v**2 / 18.0 + 0.5 * jnp.exp(-v) * x @ x + 0.5 * d * v
 
-    algo = vi.structured_gaussian(potential, step_size=beta)
+    group = groups.Dense()
+    algo = vi.structured_gaussian(potential, group=group, step_size=beta)
     state = algo.init(jnp.zeros(d + 1))._replace(factor=groups.dense.MatrixFactor(jnp.diag(1.0 / jnp.asarray(sd))))
 
     def step(state, key):
         state, _ = algo.step(key, state)
-        return state, (state.loc, jnp.sqrt(jnp.diag(jnp.linalg.inv(state.factor.matrix @ state.factor.matrix.T))))
+        return state, (state.loc, jnp.sqrt(group.covariance_diagonal(state.factor)))
 
     _, (locs, sds) = jax.jit(lambda s: jax.lax.scan(step, s, jax.random.split(KEY, num_steps)))(state)
     half = num_steps // 2
