@@ -74,10 +74,15 @@ def load_model(name):
 
 
 def _positive_int(text):
-    value = int(text)
-    if value < 1:
+    if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+    return int(text)
+
+
+def _auto_or_positive_int(text):
+    if text != "auto" and not (text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, got {text}")
+    return text if text == "auto" else int(text)
 
 
 def _parser():
@@ -92,7 +97,8 @@ def _parser():
     fit.add_argument("--max-steps", type=_positive_int, default=30_000)
     fit.add_argument("--estimator", default="auto", choices=sorted(ESTIMATORS))
     fit.add_argument("--step-size", type=float, default=0.5)
-    fit.add_argument("--num-samples", type=_positive_int, default=8, help="Monte-Carlo samples per step")
+    fit.add_argument("--num-samples", type=_auto_or_positive_int, default="auto",
+                     help="Monte-Carlo samples per step (default 'auto': 8, more once the answer needs them)")
     fit.add_argument("--draws", type=_positive_int, default=2000, help="posterior draws for the summary")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--laplace", action="store_true", help="start at the MAP with the Laplace precision (warm_start='laplace')")

@@ -12,10 +12,17 @@ stops when (MATH.md's step is the same; only the bookkeeping is new here)
 * the answer is **precise**: the standard error of the window average, times
   ``z_p`` (:func:`error_quantile`: a bound on all ``p`` coordinates' errors at
   99%), is below ``tol``;
-* the answer is **unbiased**: at a constant step the iterates' mean sits
-  ``O(beta)`` off the fixed point, so once stationary the step size halves,
-  and the halves of a window (the second at half the step size of the first)
-  must agree to within ``tol / z_p``.
+* the answer is **unbiased**: at a constant step ``beta`` with ``N`` draws
+  the iterates' mean sits ``O(beta / N)`` off the optimum (the precision of
+  the mean step is updated from the same draws as the gradient, and ``h`` is
+  quadratic), so once stationary the step size halves down to
+  ``MIN_STEP_SCALE``; there, each precise answer is compared with the one at
+  half the draws (the draws double from the user's ``num_samples``, up to
+  ``MAX_DRAW_SCALE`` times it, then the step halves again): their difference,
+  less its noise, is the later answer's bias and must be below ``tol / z_p``.
+  A run may stop earlier when, right after a halving, the halves agree to
+  within that and its error is far below it (a fit with next to no
+  Monte-Carlo noise).
 
 Both are measured in the Gaussian's own units, so one ``tol`` serves every model:
 the mean in whitened coordinates, ``||B^T (mu_1 - mu_2)|| / sqrt(p)`` (RMS over
@@ -64,6 +71,9 @@ MIN_STEP_SCALE = 1.0 / 16
 # A run may stop above the smallest step only with its standard error below
 # EARLY_SE of the tolerance's.
 EARLY_SE = 0.25
+# At the smallest step the draws double, up to MAX_DRAW_SCALE times the
+# user's (then the step halves again), until the answer stops moving.
+MAX_DRAW_SCALE = 32
 
 
 def parameters(vi_state, group):
@@ -124,7 +134,10 @@ class Window(NamedTuple):
     weight); ``step_scale`` the factor the run's step size is scaled by and
     ``first_scale`` the one the first half ran at; ``batch_scale`` the factor
     the batches' length is scaled by; ``last_drift`` the drift of the previous
-    check if it found the window moving, else ``None``."""
+    check if it found the window moving, else ``None``; ``draw_scale`` the
+    factor the number of draws is scaled by; ``reference``, ``reference_se``
+    and ``reference_scale`` the answer of the level before, its standard error
+    and its ``step_scale / draw_scale`` (``None`` until there is one)."""
 
     half: int
     first: Any
@@ -136,6 +149,10 @@ class Window(NamedTuple):
     first_scale: float = 1.0
     batch_scale: int = 1
     last_drift: Any = None
+    draw_scale: int = 1
+    reference: Any = None
+    reference_se: float = 0.0
+    reference_scale: float = 0.0
 
 
 def new_window():
@@ -167,11 +184,12 @@ def error_quantile(p):
     return statistics.NormalDist().inv_cdf(1.0 - 0.005 / p)
 
 
-def add_batch(window, batch, shift_fn, tol, p):
+def add_batch(window, batch, shift_fn, tol, p, max_draw_scale=MAX_DRAW_SCALE):
     """Add one batch mean; returns ``(window, check)``, ``check`` ``None``
     until a window is complete. ``shift_fn(a, b)`` is :func:`shift` on the
     group, compiled; ``tol`` bounds every one of the ``p`` coordinates' errors
-    (``z_p`` times the RMS standard error, :func:`error_quantile`)."""
+    (``z_p`` times the RMS standard error, :func:`error_quantile`); the draws
+    grow to at most ``max_draw_scale`` times the first (1: fixed draws)."""
     noise = window.noise
     if window.last_batch is not None:
         noise = (noise + (tuple(float(s) ** 2 for s in shift_fn(window.last_batch, batch)),))[-4 * window.half:]
@@ -182,10 +200,10 @@ def add_batch(window, batch, shift_fn, tol, p):
         return window, None
     if window.first is None:
         return window._replace(first=current, current=None, filled=0), None
-    return _check(window, shift_fn, tol / error_quantile(p))
+    return _check(window, shift_fn, tol / error_quantile(p), max_draw_scale)
 
 
-def _check(window, shift_fn, rms_tol):
+def _check(window, shift_fn, rms_tol, max_draw_scale):
     """Compare the halves, with the noise of a batch mean from the second
     half's consecutive batches (the first may hold the end of a transient);
     once they agree, the answer's standard error pools the differences of the
@@ -195,7 +213,10 @@ def _check(window, shift_fn, rms_tol):
 
     Stationary: if not yet converged, the window doubles, by halving the step
     scale (batches of ``BATCH_DECORRELATIONS / beta`` steps get twice as long)
-    down to ``MIN_STEP_SCALE`` and by doubling the batches' length after; it
+    down to ``MIN_STEP_SCALE``; there, it starts afresh at the next level
+    (:func:`_next_level`: more draws, or a smaller step once they are at
+    ``max_draw_scale``) with its answer as the reference, and with the draws
+    at their most and the answer imprecise, doubles the batches' length; it
     keeps its second half as the start of its new first half (dropping the
     older half, which may still hold the transient). Moving: it slides by a
     half, and doubles its batches' length if it was moving at the previous
@@ -208,19 +229,27 @@ def _check(window, shift_fn, rms_tol):
     # history holds only batches of one length and step size, add_batch), a steadier estimate than the second half's.
     pooled = window.noise[-(2 * half - 1):] if stationary else window.noise[-(half - 1):]
     se = max(math.sqrt(v / (2 * half)) for v in _batch_variance(pooled))
-    # Converged: stationary, precise and unbiased: both halves at the smallest
-    # step (their drift is then noise alone), or, right after a halving, halves
-    # that agree to within the tolerance (the larger step's bias is gone) and
-    # an error far below it (a fit with next to no Monte-Carlo noise, as on an
-    # in-family target: where the iterates mix slowly, a short window's batch
-    # means understate the noise, and halves agree by chance).
+    # Converged: stationary, precise and unbiased: at the smallest step, an
+    # answer that agrees with the level before's (_bias), or, right after a
+    # halving, halves that agree to within the tolerance (the larger step's bias
+    # is gone) and an error far below it (a fit with next to no Monte-Carlo
+    # noise, as on an in-family target: where the iterates mix slowly, a short
+    # window's batch means understate the noise, and halves agree by chance).
     halved = window.step_scale < window.first_scale
-    at_floor = window.first_scale == window.step_scale == MIN_STEP_SCALE
-    precise = se <= rms_tol and (at_floor or (halved and max(drift) <= rms_tol and se <= EARLY_SE * rms_tol))
-    converged = stationary and precise
-    check = Check(max(drift), se, stationary, converged, average(window.first, window.current, 0.5))
+    at_floor = window.first_scale == window.step_scale <= MIN_STEP_SCALE
+    early = halved and max(drift) <= rms_tol and se <= EARLY_SE * rms_tol
+    precise = stationary and se <= rms_tol
+    answer = average(window.first, window.current, 0.5)
+    bias = _bias(window, answer, se, shift_fn, rms_tol) if stationary and at_floor else math.inf
+    converged = precise and (early or bias <= rms_tol)
+    check = Check(max(drift), se, stationary, converged, answer)
     slide = dict(first=window.current, current=None, filled=0, first_scale=window.step_scale)
     restart = dict(noise=(), last_batch=None)  # batches of another step size or length: not comparable
+    room = max(1, max_draw_scale // window.draw_scale)
+    if stationary and at_floor and not converged and (room > 1 or precise):
+        return _next_level(window, answer, se, bias, rms_tol, room), check
+    if stationary and halved and math.sqrt(2.0) * se <= rms_tol:  # the first half, at twice the step: a reference
+        window = _with_reference(window, window.first, math.sqrt(2.0) * se, window.first_scale)
     if stationary:
         if window.step_scale > MIN_STEP_SCALE:
             return window._replace(step_scale=window.step_scale / 2, last_drift=None, **slide, **restart), check
@@ -231,6 +260,48 @@ def _check(window, shift_fn, rms_tol):
     batch_scale = 2 * window.batch_scale if slow else window.batch_scale
     window = window._replace(batch_scale=batch_scale, last_drift=None if slow else max(drift), **slide)
     return (window._replace(**restart) if slow else window), check
+
+
+def _next_level(window, answer, se, bias, rms_tol, room):
+    """A fresh window at the next level, with ``answer`` as its reference if it is precise:
+    ``beta / N`` scaled down by a power of two (2 without a bias estimate or
+    while the answer is only imprecise, else enough to bring an ``O(beta /
+    N)`` bias below ``rms_tol / 2``), by more draws up to ``room`` times as
+    many, by a smaller step beyond."""
+    factor = 2 if bias <= rms_tol or math.isinf(bias) else 2 ** max(1, math.ceil(math.log2(2 * bias / rms_tol)))
+    draws = min(factor, room)
+    step_scale = window.step_scale * draws / factor
+    if se <= rms_tol:
+        window = _with_reference(window, answer, se, window.step_scale)
+    return window._replace(
+        draw_scale=window.draw_scale * draws, first=None, current=None, filled=0, first_scale=step_scale,
+        step_scale=step_scale, last_drift=None, noise=(), last_batch=None,
+    )
+
+
+def _with_reference(window, answer, se, step_scale):
+    """``window`` with ``answer`` (standard error ``se``, at ``step_scale`` and
+    the window's draws) as the reference of the bias test."""
+    return window._replace(reference=answer, reference_se=se, reference_scale=step_scale / window.draw_scale)
+
+
+def _bias(window, answer, se, shift_fn, rms_tol):
+    """The bias of ``answer`` (step scale ``s`` over draw scale ``n``), from
+    the answer ``window.reference`` of the level before (``s_r / n_r``): with
+    the fixed point ``c beta / N`` off, their shift ``d`` is ``c (s_r / n_r -
+    s / n)``, so the bias is ``d (s / n) / (s_r / n_r - s / n)``; the shift's
+    noise (both standard errors) is taken out first. Infinite without a
+    reference, or while the two answers' noise is above ``rms_tol`` each.
+    The reference is the last precise answer: of the level before, or the
+    first half of the window that halved the step into the smallest."""
+    if window.reference is None:
+        return math.inf
+    noise = se**2 + window.reference_se**2
+    level, before = window.step_scale / window.draw_scale, window.reference_scale
+    if noise > 2 * rms_tol**2 or before <= level:  # an answer not yet precise: too noisy to tell
+        return math.inf
+    excess = max(math.sqrt(max(0.0, float(d) ** 2 - noise)) for d in shift_fn(window.reference, answer))
+    return excess * level / (before - level)
 
 
 def _batch_variance(squared_shifts):

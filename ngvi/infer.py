@@ -34,6 +34,8 @@ __all__ = ["NGVI", "NGVIState", "NGVIRunResult"]
 
 CHUNK = 10
 """Steps per compiled chunk of a run that stops by itself (the stopping rule looks between chunks)."""
+# num_samples="auto": the draws a step starts with, and the most numbers its draws may hold once grown.
+AUTO_DRAWS, MAX_DRAW_NUMBERS = 8, 2**25
 
 
 class NGVIState(NamedTuple):
@@ -82,7 +84,13 @@ class NGVI:
         the fixed point nor inflates the scale parameters it feeds back into
         (``docs/maths.md``, Data subsampling).
     :param num_samples: Monte-Carlo samples per step (drawn in antithetic pairs;
-        per component for a mixture).
+        per component for a mixture). ``"auto"`` (the default): 8, and in
+        ``run(key, None)`` twice as many each time the answer at the smallest
+        step is still moving with the draws (:mod:`ngvi.convergence`: the
+        fixed point of a step of ``N`` draws is ``O(beta / N)`` off the
+        optimum), up to 32 times as many and ``2^25`` numbers per step's draws;
+        a number: that many, always (the stopping rule then halves the step
+        instead).
     :param estimator: ``"auto"`` (the default, :func:`ngvi.estimators.auto`:
         ``"hessian"``, exact for a full-matrix group or ``p <= 128``, else with
         the diagonal from 4 whitened probes, so that a structured step costs
@@ -131,7 +139,7 @@ class NGVI:
         model,
         guide,
         step_size=0.5,
-        num_samples=8,
+        num_samples="auto",
         estimator="auto",
         gamma=1.0,
         trust_radius=1.0,
@@ -153,6 +161,10 @@ class NGVI:
         if not tol > 0 or int(max_steps) != max_steps or max_steps < 1:
             raise ValueError(f"tol must be positive and max_steps a positive integer, got tol={tol}, max_steps={max_steps}.")
         self.tol, self.max_steps = tol, int(max_steps)
+        self.grow_draws = isinstance(num_samples, str)
+        if self.grow_draws and num_samples != "auto":
+            raise ValueError(f"num_samples must be 'auto' or a positive integer, got {num_samples!r}.")
+        num_samples = AUTO_DRAWS if self.grow_draws else num_samples
         self.draw_sharding, self.subsample_sharding = _mesh_shardings(mesh, num_samples)
         self.model, self.guide, self.warm_start = model, guide, warm_start
         self._param_constraints = {}
@@ -176,9 +188,10 @@ class NGVI:
         """The model with its ``numpyro.param`` sites at ``model_params`` (unconstrained)."""
         return handlers.substitute(self.model, data=self._constrain(model_params)) if model_params else self.model
 
-    def _algorithm(self, rng_key, args, kwargs, model_params, step_scale=1.0, anchor=None):
+    def _algorithm(self, rng_key, args, kwargs, model_params, step_scale=1.0, anchor=None, num_samples=None):
         """The guide's algorithm on the model's target, seeded with ``rng_key``,
-        its step size scaled by ``step_scale``; under data subsampling with an
+        its step size scaled by ``step_scale`` (``num_samples`` draws, default
+        the fit's); under data subsampling with an
         ``anchor``, the target carries a control variate there
         (:func:`ngvi.target.with_control_variate`)."""
         target = make_target(
@@ -187,7 +200,8 @@ class NGVI:
         )
         scale = step_scale * self.guide.subsample_fraction
         step_size = lambda step: scale * step_size_at(self.step_size, step)  # noqa: E731
-        return self.guide.algorithm(target, **{**self._settings, "step_size": step_size})
+        num_samples = num_samples or self.num_samples
+        return self.guide.algorithm(target, **{**self._settings, "step_size": step_size, "num_samples": num_samples})
 
     def init(self, rng_key, *args, **kwargs):
         """Set up the guide on the model's arguments and return the initial state.
@@ -220,22 +234,24 @@ class NGVI:
         check_laplace_start(start)
         return self.guide.init_state(start.loc, start.factor)
 
-    def _update(self, state, args, kwargs, step_scale=1.0):
-        """One step: ``(state, info)``. The state's key splits into the next key,
-        the model's seed (the data subsample), the algorithm's step key and the
-        key of the draws for the model's ``numpyro.param`` sites."""
+    def _update(self, state, args, kwargs, step_scale=1.0, num_samples=None):
+        """One step of ``num_samples`` draws (default the fit's): ``(state,
+        info)``. The state's key splits into the next key, the model's seed (the
+        data subsample), the algorithm's step key and the key of the draws for
+        the model's ``numpyro.param`` sites."""
         rng_key, model_key, step_key, param_key = jax.random.split(state.rng_key, 4)
         loc = state.vi_state.loc
         anchor = jnp.mean(jnp.reshape(loc, (-1, loc.shape[-1])), axis=0)  # a mixture's: the mean of its means
-        algorithm = self._algorithm(model_key, args, kwargs, state.model_params, step_scale, anchor)
+        num_samples = num_samples or self.num_samples
+        algorithm = self._algorithm(model_key, args, kwargs, state.model_params, step_scale, anchor, num_samples)
         vi_state, info = algorithm.step(step_key, state.vi_state)
         if self.guide.subsampled_plates:  # the control variate: a full-data and a subsample gradient
             info = info._replace(num_grads=info.num_grads + 1 + round(1 / self.guide.subsample_fraction))
         model_params, optim_state = state.model_params, state.optim_state
         if model_params:
-            draws = algorithm.sample(param_key, state.vi_state, self.num_samples)
+            draws = algorithm.sample(param_key, state.vi_state, num_samples)
             model_params, optim_state = self._param_step(model_key, draws, model_params, optim_state, args, kwargs)
-            info = info._replace(num_grads=info.num_grads + self.num_samples)
+            info = info._replace(num_grads=info.num_grads + num_samples)
         num_rejected = state.num_rejected + info.rejected.astype(jnp.int32)
         return NGVIState(vi_state, num_rejected, rng_key, model_params, optim_state), info
 
@@ -311,31 +327,34 @@ class NGVI:
     def _run_to_convergence(self, state, args, kwargs, progress_bar, recorder):
         """Chunks of ``CHUNK`` steps, averaged into batches for
         :func:`ngvi.convergence.add_batch`, until converged or ``max_steps``."""
-        chunk = self._compiled_chunk(args, kwargs, CHUNK)
+        chunks = {}  # one compiled chunk per number of draws
         shift_fn = jax.jit(partial(convergence.shift, self.guide.group))
         fresh = dict(window=convergence.new_window(), check=None, batch=None, position=0, num_chunks=0)
         state, infos, done = recorder.start(state)
         book = recorder.resumed.bookkeeping if recorder.resumed else fresh
         window, check, batch, position, num_chunks = (book[name] for name in fresh)
         dim = state.vi_state.loc.shape[-1]
+        max_draw_scale = _max_draw_scale(self.num_samples, state.vi_state.loc.size) if self.grow_draws else 1
         with tqdm(total=self.max_steps, initial=done, disable=not progress_bar) as bar:
             while done < self.max_steps and not (check and check.converged):
                 if position == 0:  # a new batch: its length follows the step size
                     beta = window.step_scale * self.guide.subsample_fraction * _step_size(self.step_size, state)
                     batches = convergence.batch_length(beta, CHUNK, window.batch_scale)
                     num_chunks = min(batches, -(-(self.max_steps - done) // CHUNK))
-                num = min(CHUNK, self.max_steps - done)
-                state, mean, info = chunk(state, num, window.step_scale)
+                num, num_samples = min(CHUNK, self.max_steps - done), self.num_samples * window.draw_scale
+                if num_samples not in chunks:
+                    chunks[num_samples] = self._compiled_chunk(args, kwargs, CHUNK, num_samples)
+                state, mean, info = chunks[num_samples](state, num, window.step_scale)
                 infos.append(jax.tree.map(lambda x, num=num: x[:num], info))
                 batch = mean if position == 0 else convergence.average(batch, mean, 1.0 / (position + 1))
                 position += 1
                 bar.update(num)
                 done += num
                 if position == num_chunks:
-                    window, new_check = convergence.add_batch(window, batch, shift_fn, self.tol, dim)
+                    window, new_check = convergence.add_batch(window, batch, shift_fn, self.tol, dim, max_draw_scale)
                     check, position = new_check or check, 0
                     if progress_bar:
-                        bar.set_postfix_str(_progress(state, info, num, check, self.tol, dim))
+                        bar.set_postfix_str(_progress(state, info, num, check, self.tol, dim, num_samples))
                 book = dict(window=window, check=check, batch=batch, position=position, num_chunks=num_chunks)
                 recorder.save(state, infos, done, book)
             converged = bool(check and check.converged)
@@ -346,20 +365,21 @@ class NGVI:
             state = state._replace(vi_state=convergence.with_parameters(state.vi_state, check.answer))
         return self._result(state, infos, converged, "converged" if converged else "max_steps")
 
-    def _compiled_chunk(self, args, kwargs, length):
+    def _compiled_chunk(self, args, kwargs, length, num_samples=None):
         """``(state, n, step_scale) -> (state, mean of q's parameters over the
         n steps, infos)`` for ``n <= length`` steps (infos padded to
-        ``length``) at ``step_scale`` times the step size, jit-compiled."""
+        ``length``) at ``step_scale`` times the step size, of ``num_samples``
+        draws (default the fit's), jit-compiled."""
         parameters = partial(convergence.parameters, group=self.guide.group)
 
         def chunk(state, num, step_scale):
-            info_shape = jax.eval_shape(lambda s: self._update(s, args, kwargs)[1], state)
+            info_shape = jax.eval_shape(lambda s: self._update(s, args, kwargs, 1.0, num_samples)[1], state)
             infos = jax.tree.map(lambda x: jnp.zeros((length,) + x.shape, x.dtype), info_shape)
             sums = jax.tree.map(jnp.zeros_like, parameters(state.vi_state))
 
             def body(i, carry):
                 state, infos, sums = carry
-                state, info = self._update(state, args, kwargs, step_scale)
+                state, info = self._update(state, args, kwargs, step_scale, num_samples)
                 infos = jax.tree.map(lambda buffer, x: buffer.at[i].set(x), infos, info)
                 return state, infos, jax.tree.map(jnp.add, sums, parameters(state.vi_state))
 
@@ -484,19 +504,28 @@ def _check_init_state(state):
     return state
 
 
+def _max_draw_scale(num_samples, size):
+    """How many times ``num_samples`` draws of ``size`` numbers each a step may
+    grow: a power of two, at most ``convergence.MAX_DRAW_SCALE`` and with at most
+    ``MAX_DRAW_NUMBERS`` numbers in a step's draws (at least 1)."""
+    room = max(1, MAX_DRAW_NUMBERS // (num_samples * size))
+    return min(convergence.MAX_DRAW_SCALE, 2 ** (room.bit_length() - 1))
+
+
 def _step_size(step_size, state):
     """The step size at ``state``'s step, scaled by the step control's radius."""
     radius = getattr(state.vi_state, "radius", None)
     return float(step_size_at(step_size, state.vi_state.step)) * (1.0 if radius is None else float(radius))
 
 
-def _progress(state, info, num, check=None, tol=None, dim=None):
+def _progress(state, info, num, check=None, tol=None, dim=None, num_samples=None):
     """The progress bar's text after a chunk of ``num`` steps: the loss, the
     rejections and, once the stopping rule has looked, the drift between the
-    window's halves and the answer's error bound (both in posterior sds)."""
+    window's halves and the answer's error bound (both in posterior sds) and
+    the draws a step."""
     text = f"loss {float(jnp.nanmean(info.loss[:num])):.4g}, rejected {int(state.num_rejected)}"
     if check is not None:
         bound = check.se * convergence.error_quantile(dim)
-        text += f", drift {check.drift:.3g}, error {bound:.3g} (tol {tol:g})"
+        text += f", drift {check.drift:.3g}, error {bound:.3g} (tol {tol:g}), {num_samples} draws"
     return text
 

@@ -109,6 +109,15 @@ def test_bad_estimator_is_an_argparse_error(capsys):
     assert err.value.code == 2 and "newton" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("option", "value", "words"), [
+    ("--num-samples", "lots", "'auto' or a positive integer"), ("--steps", "-3", "a positive integer"),
+])
+def test_bad_numbers_are_argparse_errors_that_say_what_is_expected(option, value, words, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["fit", "eight_schools", option, value])
+    assert err.value.code == 2 and f"{option}: must be {words}, got {value}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "spec, cls, attrs",
     [
