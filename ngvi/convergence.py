@@ -213,10 +213,10 @@ def _check(window, shift_fn, rms_tol, max_draw_scale):
 
     Stationary: if not yet converged, the window doubles, by halving the step
     scale (batches of ``BATCH_DECORRELATIONS / beta`` steps get twice as long)
-    down to ``MIN_STEP_SCALE``; there, it starts afresh at the next level
-    (:func:`_next_level`: more draws, or a smaller step once they are at
-    ``max_draw_scale``) with its answer as the reference, and with the draws
-    at their most and the answer imprecise, doubles the batches' length; it
+    down to ``MIN_STEP_SCALE`` and by doubling the batches' length after; a
+    precise answer there that is biased (or has no reference yet) starts the
+    next level afresh (:func:`_next_level`: more draws, or a smaller step once
+    they are at ``max_draw_scale``) with the answer as its reference. It
     keeps its second half as the start of its new first half (dropping the
     older half, which may still hold the transient). Moving: it slides by a
     half, and doubles its batches' length if it was moving at the previous
@@ -240,14 +240,13 @@ def _check(window, shift_fn, rms_tol, max_draw_scale):
     early = halved and max(drift) <= rms_tol and se <= EARLY_SE * rms_tol
     precise = stationary and se <= rms_tol
     answer = average(window.first, window.current, 0.5)
-    bias = _bias(window, answer, se, shift_fn, rms_tol) if stationary and at_floor else math.inf
+    bias = _bias(window, answer, se, shift_fn) if precise and at_floor else math.inf
     converged = precise and (early or bias <= rms_tol)
     check = Check(max(drift), se, stationary, converged, answer)
     slide = dict(first=window.current, current=None, filled=0, first_scale=window.step_scale)
     restart = dict(noise=(), last_batch=None)  # batches of another step size or length: not comparable
-    room = max(1, max_draw_scale // window.draw_scale)
-    if stationary and at_floor and not converged and (room > 1 or precise):
-        return _next_level(window, answer, se, bias, rms_tol, room), check
+    if precise and at_floor and not converged:
+        return _next_level(window, answer, se, bias, rms_tol, max(1, max_draw_scale // window.draw_scale)), check
     if stationary and halved and math.sqrt(2.0) * se <= rms_tol:  # the first half, at twice the step: a reference
         window = _with_reference(window, window.first, math.sqrt(2.0) * se, window.first_scale)
     if stationary:
@@ -263,16 +262,14 @@ def _check(window, shift_fn, rms_tol, max_draw_scale):
 
 
 def _next_level(window, answer, se, bias, rms_tol, room):
-    """A fresh window at the next level, with ``answer`` as its reference if it is precise:
-    ``beta / N`` scaled down by a power of two (2 without a bias estimate or
-    while the answer is only imprecise, else enough to bring an ``O(beta /
-    N)`` bias below ``rms_tol / 2``), by more draws up to ``room`` times as
-    many, by a smaller step beyond."""
-    factor = 2 if bias <= rms_tol or math.isinf(bias) else 2 ** max(1, math.ceil(math.log2(2 * bias / rms_tol)))
+    """A fresh window at the next level, with the precise ``answer`` as its
+    reference: ``beta / N`` scaled down by a power of two (2 without a bias
+    estimate, else enough to bring an ``O(beta / N)`` bias below ``rms_tol /
+    2``), by more draws up to ``room`` times as many, by a smaller step beyond."""
+    factor = 2 if math.isinf(bias) else 2 ** max(1, math.ceil(math.log2(2 * bias / rms_tol)))
     draws = min(factor, room)
     step_scale = window.step_scale * draws / factor
-    if se <= rms_tol:
-        window = _with_reference(window, answer, se, window.step_scale)
+    window = _with_reference(window, answer, se, window.step_scale)
     return window._replace(
         draw_scale=window.draw_scale * draws, first=None, current=None, filled=0, first_scale=step_scale,
         step_scale=step_scale, last_drift=None, noise=(), last_batch=None,
@@ -285,20 +282,19 @@ def _with_reference(window, answer, se, step_scale):
     return window._replace(reference=answer, reference_se=se, reference_scale=step_scale / window.draw_scale)
 
 
-def _bias(window, answer, se, shift_fn, rms_tol):
+def _bias(window, answer, se, shift_fn):
     """The bias of ``answer`` (step scale ``s`` over draw scale ``n``), from
     the answer ``window.reference`` of the level before (``s_r / n_r``): with
     the fixed point ``c beta / N`` off, their shift ``d`` is ``c (s_r / n_r -
     s / n)``, so the bias is ``d (s / n) / (s_r / n_r - s / n)``; the shift's
     noise (both standard errors) is taken out first. Infinite without a
-    reference, or while the two answers' noise is above ``rms_tol`` each.
-    The reference is the last precise answer: of the level before, or the
-    first half of the window that halved the step into the smallest."""
+    reference: the last precise answer, of the level before or the first half
+    of the window that halved the step into the smallest."""
     if window.reference is None:
         return math.inf
     noise = se**2 + window.reference_se**2
     level, before = window.step_scale / window.draw_scale, window.reference_scale
-    if noise > 2 * rms_tol**2 or before <= level:  # an answer not yet precise: too noisy to tell
+    if before <= level:
         return math.inf
     excess = max(math.sqrt(max(0.0, float(d) ** 2 - noise)) for d in shift_fn(window.reference, answer))
     return excess * level / (before - level)
