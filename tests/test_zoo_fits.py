@@ -71,7 +71,7 @@ FAR_FROM_GAUSSIAN = {"funnel"}
 # which these fits do not run at: converged_fit): the stochastic volatility in
 # 1,200 steps (35 s) to 0.032 sd and 2.4%; the LGCP (30 years) in 3,280 steps
 # (104 s) to 0.019 sd and 5.6%; the horseshoe in 12,590 steps (157 s) to 0.016
-# sd and 6.9%.
+# sd and 6.9% (that horseshoe fit: before the stopping rule's bias test; see STOPPED_AT).
 CONVERGED = {"stochastic_volatility", "lgcp", "horseshoe_regression"}
 # Checked at the answer of run(key, None) stopped at most at this many steps:
 # the BNN (Newton step 0.24-0.38 at the 200-step average: its curvature varies
@@ -80,8 +80,12 @@ CONVERGED = {"stochastic_volatility", "lgcp", "horseshoe_regression"}
 # trajectory, i.e. with the floating-point rounding: at 24,400 steps in one
 # process, at 6,160 in another. At 10,000 its last window is stationary and its
 # answer 0.039 sd and 3.3% from the optimum (float64, 212 s alone on 2 cores;
-# 40 of the 10,000 steps rejected).
-STOPPED_AT = {"bnn": 10_000}
+# 40 of the 10,000 steps rejected). The horseshoe's answer at 8 draws is
+# precise after ~20,000 steps but its global scale biased (docs/maths.md,
+# Stopping, 3.), and the level with more draws that the stopping rule then
+# runs does not fit in the default 30,000 steps: its answer is the last
+# precise window's.
+STOPPED_AT = {"bnn": 10_000, "horseshoe_regression": 30_000}
 # Not run in the suite unless NGVI_ALL_ZOO_FITS=1: {name: reason}.
 NOT_RUN = {}
 
