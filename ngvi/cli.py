@@ -80,9 +80,12 @@ def _positive_int(text):
 
 
 def _auto_or_positive_int(text):
-    if text != "auto" and not (text.isdigit() and int(text) >= 1):
-        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, got {text}")
-    return text if text == "auto" else int(text)
+    if text == "auto":
+        return text
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, got {text}") from None
 
 
 def _parser():

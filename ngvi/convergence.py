@@ -16,10 +16,12 @@ stops when (MATH.md's step is the same; only the bookkeeping is new here)
   the iterates' mean sits ``O(beta / N)`` off the optimum (the precision of
   the mean step is updated from the same draws as the gradient, and ``h`` is
   quadratic), so once stationary the step size halves down to
-  ``MIN_STEP_SCALE``; there, each precise answer is compared with the one at
-  half the draws (the draws double from the user's ``num_samples``, up to
-  ``MAX_DRAW_SCALE`` times it, then the step halves again): their difference,
-  less its noise, is the later answer's bias and must be below ``tol / z_p``.
+  ``MIN_STEP_SCALE``; there, each precise answer is compared with the last
+  precise one at a larger ``beta / N``: their difference, less its noise and
+  scaled by the ratio of the two ``beta / N``, is the later answer's bias and
+  must be below ``tol / z_p``; until it is, the draws grow by powers of two
+  from the user's ``num_samples``, up to ``MAX_DRAW_SCALE`` times it, and the
+  step shrinks beyond.
   A run may stop earlier when, right after a halving, the halves agree to
   within that and its error is far below it (a fit with next to no
   Monte-Carlo noise).
@@ -71,8 +73,8 @@ MIN_STEP_SCALE = 1.0 / 16
 # A run may stop above the smallest step only with its standard error below
 # EARLY_SE of the tolerance's.
 EARLY_SE = 0.25
-# At the smallest step the draws double, up to MAX_DRAW_SCALE times the
-# user's (then the step halves again), until the answer stops moving.
+# At the smallest step the draws grow by powers of two, up to MAX_DRAW_SCALE
+# times the user's (then the step shrinks), until the answer stops moving.
 MAX_DRAW_SCALE = 32
 
 
@@ -136,8 +138,9 @@ class Window(NamedTuple):
     the batches' length is scaled by; ``last_drift`` the drift of the previous
     check if it found the window moving, else ``None``; ``draw_scale`` the
     factor the number of draws is scaled by; ``reference``, ``reference_se``
-    and ``reference_scale`` the answer of the level before, its standard error
-    and its ``step_scale / draw_scale`` (``None`` until there is one)."""
+    and ``reference_scale`` the last precise answer at a larger ``beta / N``
+    (:func:`_bias`), its standard error and its ``step_scale / draw_scale``
+    (``None`` until there is one)."""
 
     half: int
     first: Any

@@ -85,9 +85,9 @@ class NGVI:
         (``docs/maths.md``, Data subsampling).
     :param num_samples: Monte-Carlo samples per step (drawn in antithetic pairs;
         per component for a mixture). ``"auto"`` (the default): 8, and in
-        ``run(key, None)`` twice as many each time the answer at the smallest
-        step is still moving with the draws (:mod:`ngvi.convergence`: the
-        fixed point of a step of ``N`` draws is ``O(beta / N)`` off the
+        ``run(key, None)`` more by powers of two while the answer at the
+        smallest step is still moving with the draws (:mod:`ngvi.convergence`:
+        the fixed point of a step of ``N`` draws is ``O(beta / N)`` off the
         optimum), up to 32 times as many and ``2^25`` numbers per step's draws;
         a number: that many, always (the stopping rule then halves the step
         instead).
