@@ -248,8 +248,9 @@ def _check(window, shift_fn, rms_tol, max_draw_scale):
     check = Check(max(drift), se, stationary, converged, answer)
     slide = dict(first=window.current, current=None, filled=0, first_scale=window.step_scale)
     restart = dict(noise=(), last_batch=None)  # batches of another step size or length: not comparable
-    if precise and at_floor and not converged:
-        return _next_level(window, answer, se, bias, rms_tol, max(1, max_draw_scale // window.draw_scale)), check
+    room = max(1, max_draw_scale // window.draw_scale)
+    if stationary and at_floor and not converged and (precise or room > 1):
+        return _next_level(window, answer, se, bias, rms_tol, room), check
     if stationary and halved and math.sqrt(2.0) * se <= rms_tol:  # the first half, at twice the step: a reference
         window = _with_reference(window, window.first, math.sqrt(2.0) * se, window.first_scale)
     if stationary:
@@ -272,7 +273,8 @@ def _next_level(window, answer, se, bias, rms_tol, room):
     factor = 2 if math.isinf(bias) else 2 ** max(1, math.ceil(math.log2(2 * bias / rms_tol)))
     draws = min(factor, room)
     step_scale = window.step_scale * draws / factor
-    window = _with_reference(window, answer, se, window.step_scale)
+    if se <= rms_tol:
+        window = _with_reference(window, answer, se, window.step_scale)
     return window._replace(
         draw_scale=window.draw_scale * draws, first=None, current=None, filled=0, first_scale=step_scale,
         step_scale=step_scale, last_drift=None, noise=(), last_batch=None,

@@ -329,33 +329,34 @@ class NGVI:
         :func:`ngvi.convergence.add_batch`, until converged or ``max_steps``."""
         chunks = {}  # one compiled chunk per number of draws
         shift_fn = jax.jit(partial(convergence.shift, self.guide.group))
-        fresh = dict(window=convergence.new_window(), check=None, batch=None, position=0, num_chunks=0)
+        fresh = dict(window=convergence.new_window(), check=None, batch=None, position=0, num_chunks=0, spent=0)
         state, infos, done = recorder.start(state)
         book = recorder.resumed.bookkeeping if recorder.resumed else fresh
-        window, check, batch, position, num_chunks = (book[name] for name in fresh)
+        window, check, batch, position, num_chunks, spent = (book[name] for name in fresh)
         dim = state.vi_state.loc.shape[-1]
         max_draw_scale = _max_draw_scale(self.num_samples, state.vi_state.loc.size) if self.grow_draws else 1
-        with tqdm(total=self.max_steps, initial=done, disable=not progress_bar) as bar:
-            while done < self.max_steps and not (check and check.converged):
+        with tqdm(total=self.max_steps, initial=spent, disable=not progress_bar) as bar:
+            while spent < self.max_steps and not (check and check.converged):
+                left = -(-(self.max_steps - spent) // window.draw_scale)  # steps at this many draws
                 if position == 0:  # a new batch: its length follows the step size
                     beta = window.step_scale * self.guide.subsample_fraction * _step_size(self.step_size, state)
                     batches = convergence.batch_length(beta, CHUNK, window.batch_scale)
-                    num_chunks = min(batches, -(-(self.max_steps - done) // CHUNK))
-                num, num_samples = min(CHUNK, self.max_steps - done), self.num_samples * window.draw_scale
+                    num_chunks = min(batches, -(-left // CHUNK))
+                num, num_samples = min(CHUNK, left), self.num_samples * window.draw_scale
                 if num_samples not in chunks:
                     chunks[num_samples] = self._compiled_chunk(args, kwargs, CHUNK, num_samples)
                 state, mean, info = chunks[num_samples](state, num, window.step_scale)
                 infos.append(jax.tree.map(lambda x, num=num: x[:num], info))
                 batch = mean if position == 0 else convergence.average(batch, mean, 1.0 / (position + 1))
                 position += 1
-                bar.update(num)
-                done += num
+                bar.update(num * window.draw_scale)
+                done, spent = done + num, spent + num * window.draw_scale
                 if position == num_chunks:
                     window, new_check = convergence.add_batch(window, batch, shift_fn, self.tol, dim, max_draw_scale)
                     check, position = new_check or check, 0
                     if progress_bar:
                         bar.set_postfix_str(_progress(state, info, num, check, self.tol, dim, num_samples))
-                book = dict(window=window, check=check, batch=batch, position=position, num_chunks=num_chunks)
+                book = dict(window=window, check=check, batch=batch, position=position, num_chunks=num_chunks, spent=spent)
                 recorder.save(state, infos, done, book)
             converged = bool(check and check.converged)
             recorder.save(state, infos, done, book, force=True)
