@@ -21,7 +21,10 @@ stops when (MATH.md's step is the same; only the bookkeeping is new here)
   scaled by the ratio of the two ``beta / N``, is the later answer's bias and
   must be below ``tol / z_p``; until it is, the draws grow by powers of two
   from the user's ``num_samples``, up to ``MAX_DRAW_SCALE`` times it, and the
-  step shrinks beyond.
+  step shrinks beyond. A stationary answer there that is not yet precise
+  doubles the draws too while they may grow (more draws cut the noise of the
+  slowly mixing directions however correlated the batches are), then
+  lengthens its batches.
   A run may stop earlier when, right after a halving, the halves agree to
   within that and its error is far below it (a fit with next to no
   Monte-Carlo noise).
