@@ -8,7 +8,7 @@ the largest latent dimensions: stochastic volatility, p = 503, and the IRT
 model, p = 364; heavy tails: the horseshoe; a non-convex posterior: the BNN;
 a state-space chain: the local-level model), and the rest are the models users
 start from. Fixed points: "stein" takes the "hessian" estimator's expected
-step on the zoo models where the Monte-Carlo error allows a check (below), and
+step on every zoo model and "zeroth_order" on the smallest (below); "stein"
 reaches its optimum in ``tests/test_accuracy.py``; every estimator's expected
 step at an in-family optimum in ``tests/test_estimators.py``; "gauss_newton" has
 its own fixed point (the empirical Fisher replaces the Hessian, as in VOGN)."""
@@ -60,38 +60,52 @@ def test_every_estimator_runs_on_every_zoo_model(name, estimator):
 
 
 
-# The models on which the expected steps can be compared within a few percent:
-# elsewhere the curvature varies over q by orders of magnitude (a scale's
-# exp(-2 log tau): the funnel, eight schools, the local level, the stochastic
-# volatility; 95th over 5th percentile of the per-key projection 5-400), so that
-# 256 draws give no honest standard error (measured: the funnel's paired
-# difference read 0.81 +- 0.03, the per-key spread heavy-tailed), the BNN's
-# reference mean sits at a symmetry of its weights (no curvature signal along
-# the step), and the two GPs are fitted on part of the data their reference is of.
-STEIN_CHECKED = [
-    "horseshoe_regression", "irt_2pl", "linear_regression", "logistic_regression", "poisson_glm", "radon_centred",
-    "radon_noncentred",
-]
+# Stein's identity B^-1 E_q[hess l] B^-T = E_q[eps (B^-1 grad l)^T] holds for
+# every Gaussian q, so the check may be made where its standard error is
+# honest. At the NUTS reference's Gaussian on the models below, the curvature
+# varies over q by orders of magnitude (a scale's exp(-2 log tau): the funnel,
+# eight schools, the local level, the stochastic volatility; 95th over 5th
+# percentile of the per-key projection 5-400), so that 256 draws give no honest
+# standard error (the funnel's paired difference read 0.81 +- 0.03, the
+# per-key spread heavy-tailed), and the BNN's reference mean sits at a symmetry
+# of its weights. There the check is made at the reference's mean with sds
+# NARROWED times smaller (percentile ratio 1.0-1.3; measured c 0.982-0.996).
+# The funnel's is 8: at 4 (ratio 1.5) the first 96 keys read 0.924 +- 0.019,
+# 2,048 keys 0.989 +- 0.006: a few keys understate a heavier tail's error.
+# The two GPs are fitted on part of the data their reference is of: there it is
+# made at the fit's default start.
+NARROWED = {"bnn": 4.0, "eight_schools": 4.0, "funnel": 8.0, "local_level": 4.0, "stochastic_volatility": 4.0}
+AT_START = {"gp_classification", "lgcp"}
 KEYS_PER_BATCH, MAX_KEYS, FACTOR_SE = 16, 512, 0.04
 
 
-def reference_gaussian(name, group):
-    """``(mu, B)`` of the NUTS reference's Gaussian: its mean, and ``B`` the
-    Cholesky factor of its precision (Dense) or its sds' inverse (a block group)."""
+def reference_gaussian(name, group, narrowed=1.0):
+    """``(mu, B)`` of the NUTS reference's Gaussian with its sds divided by
+    ``narrowed``: its mean, and ``B`` the Cholesky factor of its precision
+    (Dense) or its sds' inverse (a block group), times ``narrowed``."""
     reference = load_reference(name)["unconstrained"]
     loc, cov = np.asarray(reference["mean"]), np.asarray(reference["cov"])
     if isinstance(group, groups.Dense):
-        return jnp.asarray(loc), MatrixFactor(jnp.asarray(np.linalg.cholesky(np.linalg.inv(cov))))
-    w, k = 1.0 / np.sqrt(np.diag(cov)), group.k
+        return jnp.asarray(loc), MatrixFactor(jnp.asarray(narrowed * np.linalg.cholesky(np.linalg.inv(cov))))
+    w, k = narrowed / np.sqrt(np.diag(cov)), group.k
     return jnp.asarray(loc), BlockUpperFactor(jnp.diag(w[:k]), jnp.zeros((k, w.size - k)), jnp.asarray(w[k:]))
 
 
+# "zeroth_order" (values only) is checked where its noise, which grows with
+# p^2, lets 2,048 keys resolve a 15% error: the smallest models.
+ZEROTH_ORDER_CHECKED = ["eight_schools", "funnel", "linear_regression"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", STEIN_CHECKED)
-def test_stein_takes_the_hessian_estimators_expected_step(name):
-    """At the reference's Gaussian, with the same draws for both (common random
-    numbers: "hessian" draws with the first half of its key), the local
-    gradient of "stein" and of exact "hessian" (``p`` products per draw), each
+@pytest.mark.parametrize(
+    "name, estimator",
+    [(name, "stein") for name in WITH_REFERENCE] + [(name, "zeroth_order") for name in ZEROTH_ORDER_CHECKED],
+)
+def test_each_estimator_takes_the_hessian_estimators_expected_step(name, estimator):
+    """At the reference's Gaussian (``NARROWED``, ``AT_START``: above), with the
+    same draws for both (common random numbers: "hessian" draws with the first
+    half of its key), the local
+    gradient of ``estimator`` and of exact "hessian" (``p`` products per draw), each
     minus that of a zero curvature (``-I`` on the pattern), projected on the
     diagonal (a whitened trace ``tr(B^-1 H B^-T)``, fixed in advance so that the
     projection's noise is not correlated with the estimates): their ratio ``c`` is 1 within 4 standard errors of the per-key spread, with keys
@@ -100,12 +114,16 @@ def test_stein_takes_the_hessian_estimators_expected_step(name):
     to 0.021 on the horseshoe at 512); the first keys are the same whitened
     draws for every model, hence the common lean; at 512 keys the Poisson GLM,
     the logistic and the non-centred radon model read 0.994 (0.012), 0.997
-    (0.006) and 0.999 (0.003)."""
+    (0.006) and 0.999 (0.003); on the narrowed and start Gaussians 0.982-0.996
+    (se 0.007-0.024); "zeroth_order" 0.987-0.995 (se 0.023-0.027 at 2,048 keys)."""
     module, data, guide = guide_at_test_size(name)
     group = guide.group
-    loc, factor = reference_gaussian(name, group)
-    ngvi = NGVI(module.model, guide)
-    ngvi.init(jax.random.PRNGKey(0), **data)  # the guide's layout of the latent vector
+    start = NGVI(module.model, guide).init(jax.random.PRNGKey(0), **data).vi_state  # also the guide's layout
+    if name in AT_START:
+        loc, factor = start.loc, start.factor
+    else:
+        loc, factor = reference_gaussian(name, group, NARROWED.get(name, 1.0))
+        loc, factor = jax.tree.map(lambda x: x.astype(start.loc.dtype), (loc, factor))
     target = make_target(module.model, guide, jax.random.PRNGKey(1), (), data)
     zero = ravel_pytree(group.local_gradient(factor, DenseCurvature(jnp.zeros((loc.size,) * 2, loc.dtype)), 1.0))[0]
     direction = -np.asarray(zero)
@@ -115,21 +133,22 @@ def test_stein_takes_the_hessian_estimators_expected_step(name):
             return ravel_pytree(group.local_gradient(factor, estimate.curvature, 1.0))[0] - zero
 
         exact = estimators.hessian(key, target, group, loc, factor, 8, 1.0)
-        stein = estimators.stein(jax.random.split(key)[0], target, group, loc, factor, 8, 1.0)
-        return local(exact), local(stein), exact.loss - stein.loss
+        other = getattr(estimators, estimator)(jax.random.split(key)[0], target, group, loc, factor, 8, 1.0)
+        return local(exact), local(other), exact.loss - other.loss
 
     batch = jax.jit(lambda k: jax.lax.map(steps, k))
-    exact, stein, loss_gap = [], [], []
-    for key in jax.random.split(jax.random.PRNGKey(2), MAX_KEYS // KEYS_PER_BATCH):
-        for out, x in zip((exact, stein, loss_gap), batch(jax.random.split(key, KEYS_PER_BATCH))):
+    exact, other, loss_gap = [], [], []
+    max_keys = MAX_KEYS if estimator == "stein" else 4 * MAX_KEYS
+    for key in jax.random.split(jax.random.PRNGKey(2), max_keys // KEYS_PER_BATCH):
+        for out, x in zip((exact, other, loss_gap), batch(jax.random.split(key, KEYS_PER_BATCH))):
             out.append(np.asarray(x))
         along_exact = np.concatenate(exact) @ direction
-        along_gap = (np.concatenate(stein) - np.concatenate(exact)) @ direction
+        along_gap = (np.concatenate(other) - np.concatenate(exact)) @ direction
         c = 1.0 + along_gap.mean() / along_exact.mean()
         c_se = along_gap.std(ddof=1) / np.sqrt(along_gap.size) / abs(along_exact.mean())
         if c_se < FACTOR_SE / 2:
             break
     assert np.all(np.concatenate(loss_gap) == 0.0)  # the same draws
-    print(f"{name}: stein / hessian along the step {c:.3f} (se {c_se:.3f}, {along_gap.size} keys)")
+    print(f"{name}: {estimator} / hessian along the step {c:.3f} (se {c_se:.3f}, {along_gap.size} keys)")
     assert c_se < FACTOR_SE
     assert abs(c - 1.0) < 4 * c_se
