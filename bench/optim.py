@@ -48,6 +48,7 @@ def dixon_price(x):
 SETTINGS = {"default": {}, "k+1": {"num_probes": 1, "line_search": False}}
 PROBLEMS = {"rosenbrock": (rosenbrock, 2.0), "dixon_price": (dixon_price, 10.0)}
 GROUPS = {
+    "diagonal": groups.Diagonal(),
     "block_lower(1)": groups.BlockLowerTriangular(1),
     "block_lower(5)": groups.BlockLowerTriangular(5),
     "block_lower(10)": groups.BlockLowerTriangular(10),
@@ -160,7 +161,7 @@ def main():
     parser.add_argument("--dense", action="store_true", help="also the Dense group, on the first seed")
     args = parser.parse_args()
     seeds = [0] if args.quick else [0, 1, 2]
-    steps = {"rosenbrock": 300, "dixon_price": 100} if args.quick else {"rosenbrock": 2000, "dixon_price": 3000}
+    steps = {"rosenbrock": 300, "dixon_price": 100} if args.quick else {"rosenbrock": 20000, "dixon_price": 3000}
     scipy_iters = {"rosenbrock": 3000, "dixon_price": 3000}
     dense_steps = {"rosenbrock": 100, "dixon_price": 50} if args.quick else {"rosenbrock": 700, "dixon_price": 300}
     adam_steps = 2000 if args.quick else 20000
