@@ -104,9 +104,8 @@ ZEROTH_ORDER_CHECKED = ["eight_schools", "funnel", "linear_regression"]
 def test_each_estimator_takes_the_hessian_estimators_expected_step(name, estimator):
     """At the reference's Gaussian (``NARROWED``, ``AT_START``: above), with the
     same draws for both (common random numbers: "hessian" draws with the first
-    half of its key), the local
-    gradient of ``estimator`` and of exact "hessian" (``p`` products per draw), each
-    minus that of a zero curvature (``-I`` on the pattern), projected on the
+    half of its key), the local gradient of ``estimator`` and of exact
+    "hessian" (``p`` products per draw), each minus that of a zero curvature (``-I`` on the pattern), projected on the
     diagonal (a whitened trace ``tr(B^-1 H B^-T)``, fixed in advance so that the
     projection's noise is not correlated with the estimates): their ratio ``c`` is 1 within 4 standard errors of the per-key spread, with keys
     added in batches until that is below half of ``FACTOR_SE`` (a curvature off by 15%
