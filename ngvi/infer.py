@@ -352,8 +352,9 @@ class NGVI:
                 infos.append(jax.tree.map(lambda x, num=num: x[:num], info))
                 batch = mean if position == 0 else convergence.average(batch, mean, 1.0 / (position + 1))
                 position += 1
-                bar.update(num * window.draw_scale)
-                done, spent = done + num, spent + num * window.draw_scale
+                cost = num * window.draw_scale  # in steps at the first number of draws
+                bar.update(cost)
+                done, spent = done + num, spent + cost
                 if position == num_chunks:
                     window, new_check = convergence.add_batch(window, batch, shift_fn, self.tol, dim, max_draw_scale)
                     check, position = new_check or check, 0
