@@ -23,7 +23,8 @@ from ngvi.convergence import Check, Window
 
 __all__ = ["Checkpoint", "describe", "save", "load", "encode", "decode"]
 
-FORMAT = 1
+# 2: the bookkeeping of run(key, None) counts the budget spent (steps times the draws' scale).
+FORMAT = 2
 RECORDS = {"Window": Window, "Check": Check}
 """The named tuples a checkpoint's bookkeeping may hold."""
 

@@ -170,7 +170,8 @@ def test_a_checkpoint_of_another_fit_is_refused_naming_the_difference(tmp_path):
 
 @pytest.mark.timeout(600)
 def test_a_checkpoint_whose_arrays_do_not_fit_is_refused_naming_the_array(tmp_path):
-    """Same description, another dtype of the mean (as a float32 run would leave it)."""
+    """Same description, another dtype of the mean (as a float32 run would leave
+    it); a checkpoint of an older format (its bookkeeping lacks what this version's keeps)."""
     path = str(tmp_path / "fit.npz")
     fit = NGVI(eight_schools.model, StructuredGaussian(eight_schools.model, group=Diagonal()))
     fit.run(jax.random.PRNGKey(0), 20, progress_bar=False, checkpoint=path, **DATA)
@@ -179,6 +180,11 @@ def test_a_checkpoint_whose_arrays_do_not_fit_is_refused_naming_the_array(tmp_pa
     arrays["state.0"] = arrays["state.0"].astype(np.float32)  # the first leaf: vi_state.loc
     np.savez(path, **arrays)
     with pytest.raises(ValueError, match=r"state\.vi_state\.loc has shape \(10,\) and dtype float32"):
+        fit.run(jax.random.PRNGKey(0), 20, progress_bar=False, checkpoint=path, **DATA)
+    meta = json.loads(str(arrays["meta"]))
+    arrays["meta"] = np.asarray(json.dumps({**meta, "format": ngvi.checkpoint.FORMAT - 1}))
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=f"has format {ngvi.checkpoint.FORMAT - 1}; this version of ngvi reads format"):
         fit.run(jax.random.PRNGKey(0), 20, progress_bar=False, checkpoint=path, **DATA)
 
 
