@@ -103,7 +103,7 @@ AUTOGUIDES = {
 LEARNING_RATES = (1e-3, 1e-2)
 TOL, ELBO_DRAWS, CHECKS_PER_DECADE, DENSE_MAX_DIM = 0.1, 2000, 8, 200
 RESULTS = ROOT / "bench" / "results"
-KL_OPTIMA = RESULTS / "kl_optima.json"  # written by bench/kl_optima.py
+KL_OPTIMA = ROOT / "models" / "reference" / "kl_optima.json"  # written by bench/kl_optima.py
 
 
 class Method(NamedTuple):

@@ -19,3 +19,11 @@ def load_fit(name):
     """Load a stored full-data fit (e.g. "crossed_effects_full_data_fit") as a dict of arrays."""
     with np.load(REFERENCE_DIR / f"{name}.npz") as arrays:
         return dict(arrays)
+
+
+def load_kl_optimum(name):
+    """The Gaussian family's KL optimum on model ``name`` (``mean`` and ``sd`` of
+    the unconstrained latent, the ``group``, the ``method`` that computed it;
+    ``bench/kl_optima.py``), or ``None`` if none is stored."""
+    with open(REFERENCE_DIR / "kl_optima.json") as f:
+        return json.load(f).get(name)
