@@ -97,8 +97,8 @@ def _parser():
     fit.add_argument("--steps", type=_positive_int, default=None,
                      help="run exactly this many steps (default: until converged, at most --max-steps)")
     fit.add_argument("--tol", type=float, default=0.03, help="the error the converged answer must reach, in posterior sds")
-    fit.add_argument("--max-steps", type=_positive_int, default=30_000,
-                     help="the most steps without --steps, counted at the first number of draws (default: 30000)")
+    fit.add_argument("--max-steps", type=_positive_int, default=120_000,
+                     help="the most steps without --steps, counted at the first number of draws (default: 120000)")
     fit.add_argument("--estimator", default="auto", choices=sorted(ESTIMATORS))
     fit.add_argument("--step-size", type=float, default=0.5)
     fit.add_argument("--num-samples", type=_auto_or_positive_int, default="auto",
