@@ -93,7 +93,8 @@ def test_zoo_is_large_enough():
 
 
 def test_every_reference_file_belongs_to_a_model():
-    files = sorted(path.stem for path in REFERENCE_DIR.glob("*.json"))
+    """Every ``<name>.json`` beside ``kl_optima.json`` (the family's optima, by model) is a NUTS reference of a zoo model."""
+    files = sorted(path.stem for path in REFERENCE_DIR.glob("*.json") if path.stem != "kl_optima")
     assert files == WITH_REFERENCE
 
 

@@ -23,7 +23,11 @@ sample-average optimum of ``tests/fitting.py``'s ``kl_optimum_dense``, two seeds
 that agree to 0.01 sd; ``bench/kl_optima.py --method sample-average``, with
 ``--rows`` for the models at ``TEST_SIZE``), the fit's
 means must be within 0.1 of its sds and its sds within 10% of them. Elsewhere
-(the block groups above p = 200) the check is the
+(the block groups above p = 200, and the BNN, whose sample average from the
+NUTS moments diverged) the fit must be as close to the library's own
+optimum where one is stored (a longer run at a tighter tolerance, another key,
+float32: a check of the stopping rule, not of the step) and the check without
+the library is the
 optimum's first-order conditions, computed with plain autodiff at many draws
 from the fit ``q = N(mu, (B B^T)^-1)`` (float64): the ELBO's gradient in ``mu``
 is ``E_q[grad l]`` and its gradient in the group's tangent directions ``B (I +
@@ -84,9 +88,15 @@ FAR_FROM_GAUSSIAN = {"funnel"}
 # draws and averages: measured at seed 0, float64, one fit alone on 2 cores (at
 # the suite's lowered XLA optimisation, which these fits do not run at:
 # converged_fit): the stochastic volatility in 1,200 steps (35 s) to 0.032 sd
-# and 2.4%; the LGCP (30 years) in 3,280 steps (104 s) to 0.019 sd and 5.6%;
-# on a machine loaded by another fit, the eight schools in 2,730 steps (33 s)
-# to 0.010 sd and 2.6%, the local level in 5,720 steps (49 s) to 0.031 sd and 0.4%.
+# and 2.4%; the LGCP (20 years) in 5,920 steps (101 s) to 0.014 sd and 2.7%.
+# The horseshoe's answer at 8 draws is precise after ~20,000 steps but its
+# global scale biased (docs/maths.md, Stopping, 3.); with the draws grown it
+# converges at 32 times them (5,890 steps, 0.026 sd and 1.6% from the stored
+# optimum, 222 s on a loaded machine); stopped at 30,000 (5,279 steps, not
+# converged) it was 0.108 sd off. On a machine loaded by another fit, the eight
+# schools in 2,730 steps (33 s) to 0.010 sd and 2.6%, the local level in 5,720
+# steps (49 s) to 0.031 sd and 0.4%, the GP classifier (20 points) in 4,800
+# steps (80 s) to 0.012 sd and 0.6%.
 CONVERGED = {"stochastic_volatility", "lgcp", "gp_classification", "horseshoe_regression", "eight_schools", "local_level", "funnel"}
 # Checked at the answer of run(key, None) stopped at most at this many steps
 # (None: the default max_steps), not converged:
@@ -96,15 +106,10 @@ CONVERGED = {"stochastic_volatility", "lgcp", "gp_classification", "horseshoe_re
 # trajectory, i.e. with the floating-point rounding: at 24,400 steps in one
 # process, at 6,160 in another. At 10,000 its last window is stationary and its
 # answer 0.039 sd and 3.3% from the optimum (float64, 212 s alone on 2 cores;
-# 40 of the 10,000 steps rejected). The horseshoe's answer at 8 draws is
-# precise after ~20,000 steps but its global scale biased (docs/maths.md,
-# Stopping, 3.); with the draws grown it converges at 32 draws at the default
-# budget (5,890 steps, 0.026 sd and 1.6% from the stored optimum, 222 s on a
-# loaded machine); stopped at 30,000 (7,730 steps, not converged) its answer,
-# the last stationary window's, is 0.078 sd and 3% off. The funnel stops at the
-# default budget (59,205 steps at 1-4 times the draws, 34 s) 0.011 sd and 0.3%
-# from the optimum, its last level's bias not yet measured.
-STOPPED_AT = {"bnn": 10_000, "horseshoe_regression": 30_000, "funnel": None}
+# 40 of the 10,000 steps rejected). The funnel stops at the default budget
+# (59,205 steps at 1-4 times the draws, 34 s) 0.011 sd and 0.3% from the
+# optimum, its last level's bias not yet measured.
+STOPPED_AT = {"bnn": 10_000, "funnel": None}
 # Not run in the suite unless NGVI_ALL_ZOO_FITS=1: {name: reason}.
 NOT_RUN = {}
 
@@ -115,13 +120,13 @@ LARGE = ["bnn", "gp_classification", "horseshoe_regression", "irt_2pl", "lgcp", 
 
 # Fitted here at test size, their first rows of data: the two GPs, whose
 # default's exact curvature costs p Hessian-vector products per draw through the
-# model's n x n Cholesky (about n^4 per draw). The LGCP at 30 of its 112 years
-# (p = 33; at 40 years its converged check took 866 s in the suite, at the
-# shipped size 200 steps take 14 minutes on 2 cores), the GP
-# classifier at 20 of its 50 points (p = 22; at 30 its converged fit took 340 s
-# in a loaded process, at 20 80 s). `python bench/zoo.py --models lgcp,gp_classification`
+# model's n x n Cholesky (about n^4 per draw). The LGCP at 20 of its 112 years
+# (p = 23; its converged check took 866 s in the suite at 40 years, 223 s at 30,
+# 101 s alone at 20; at the shipped size 200 steps take 14 minutes on 2 cores),
+# the GP classifier at 20 of its 50 points (p = 22; at 30 its converged fit took
+# 340 s in a loaded process, at 20 80 s). Their stored optima are of these sizes. `python bench/zoo.py --models lgcp,gp_classification`
 # fits the shipped sizes.
-TEST_SIZE = {"lgcp": 30, "gp_classification": 20}
+TEST_SIZE = {"lgcp": 20, "gp_classification": 20}
 
 
 def group_for(p):
@@ -288,12 +293,14 @@ def optimality(guide, data, loc, factor):
 
 
 def stored_optimum(name, group):
-    """The dense family's optimum of model ``name`` (at ``TEST_SIZE``, stored as
-    ``name[:rows]``) computed without the library (the sample average), or
-    ``None`` where there is none: a structured group's fit, an optimum made by the library."""
+    """``(optimum, independent)``: the stored KL optimum of ``group``'s family on
+    model ``name`` (at ``TEST_SIZE``, stored as ``name[:rows]``), ``None`` if
+    there is none, and whether it was computed without the library (the sample
+    average) rather than by a long, tighter ``run(key, None)``."""
     optimum = load_kl_optimum(f"{name}[:{TEST_SIZE[name]}]" if name in TEST_SIZE else name)
-    independent = optimum is not None and optimum.get("method", "").startswith("sample average")
-    return optimum if independent and isinstance(group, groups.Dense) else None
+    if optimum is None or optimum["group"] != str(group):
+        return None, False
+    return optimum, optimum.get("method", "").startswith("sample average")
 
 
 def distance(group, loc, factor, optimum):
@@ -317,12 +324,13 @@ def check_kl_optimum(name, tmp_path, dtype="float64"):
     p = loc.size
     assert np.all(np.isfinite(loc)) and all(np.all(np.isfinite(f)) for f in jax.tree.leaves(factor))
     assert counts.rejected <= counts.steps // 20, counts
-    optimum = stored_optimum(name, guide.group)
+    optimum, independent = stored_optimum(name, guide.group)
     if optimum is not None:
         mean_err, sd_err = distance(guide.group, loc, factor, optimum)
         print(f"{name} ({dtype}, p = {p}, {guide.group}): {mean_err:.3f} sd and {sd_err:.1%} from the stored optimum "
-              f"(its seeds differ by {optimum['seeds_differ']['mean']:.3f} sd, {optimum['seeds_differ']['sd']:.1%}), {counts}")
+              f"({optimum.get('method') or 'run(key, None) at tol %s' % optimum['tol']}), {counts}")
         assert mean_err < MEAN_TOL and sd_err < SD_TOL
+    if independent:
         return
     newton, sd_change, newton_se, sd_se = optimality(guide, data, loc, factor)
     print(f"{name} ({dtype}, p = {p}, {guide.group}): Newton step max {np.abs(newton).max():.3f} sd "
