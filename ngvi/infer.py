@@ -122,11 +122,12 @@ class NGVI:
     :param max_steps: for ``run(key, None, ...)``: the most steps it takes,
         counted at the first number of draws (a step with twice the draws
         counts twice, so the budget bounds the gradient evaluations too).
-        120,000 (about a million gradient evaluations at 8 draws): measured,
-        Neal's funnel (p = 11), whose scale the step forgets ~80 times more
-        slowly than the rest, ends 0.011 sd from the KL optimum (0.31 sd at
-        30,000), and an 84-dimensional horseshoe regression converges at 32
-        times the draws (5,890 steps; not converged at 30,000, 0.08 sd off).
+        120,000 (about a million gradient evaluations at 8 draws): measured
+        in float64, Neal's funnel (p = 11), whose scale the step forgets ~80
+        times more slowly than the rest, ends 0.011 sd from the KL optimum
+        (0.31 sd at 30,000; in float32 0.14 sd), and an 84-dimensional
+        horseshoe regression converges at 32 times the draws (5,890 steps;
+        not converged at 30,000, 0.08 sd off).
     :param mesh: a ``jax.sharding.Mesh`` over which each step is spread: its
         draws along all the mesh's axes but ``"data"`` (``num_samples`` a
         multiple of their size) and, under data subsampling, each plate's
