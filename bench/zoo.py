@@ -58,7 +58,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import importlib  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -90,7 +89,7 @@ from numpyro.infer.util import potential_energy  # noqa: E402
 
 import batch_and_match  # noqa: E402
 from ngvi import NGVI, StructuredGaussian, groups  # noqa: E402
-from ngvi.models.reference import load_reference  # noqa: E402
+from ngvi.models.reference import load_kl_optimum, load_reference  # noqa: E402
 from ngvi.target import make_target  # noqa: E402
 from vs_svi import compile_loop, fmt, with_learning_rate  # noqa: E402
 
@@ -250,11 +249,11 @@ def target_moments(name, ref, target):
     """The unconstrained mean and sd the errors are measured against: the NUTS
     reference's (``target="nuts"``) or the family's KL optimum (``"kl"``, stored by ``bench/kl_optima.py``)."""
     if target == "kl":
-        optima = json.loads(KL_OPTIMA.read_text()) if KL_OPTIMA.exists() else {}
-        if name not in optima:
+        optimum = load_kl_optimum(name)
+        if optimum is None:
             raise ValueError(f"no KL optimum stored for {name!r} in {KL_OPTIMA}: "
                              f"run python bench/kl_optima.py --models {name}")
-        return np.asarray(optima[name]["mean"]), np.asarray(optima[name]["sd"])
+        return np.asarray(optimum["mean"]), np.asarray(optimum["sd"])
     return np.asarray(ref["unconstrained"]["mean"]), np.sqrt(np.diagonal(np.asarray(ref["unconstrained"]["cov"])))
 
 

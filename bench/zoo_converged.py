@@ -44,15 +44,15 @@ def fit(name, seed):
     import numpy as np
 
     from ngvi import NGVI, StructuredGaussian
-    from ngvi.models.reference import load_reference
-    from zoo import KL_OPTIMA, group_for, target_moments
+    from ngvi.models.reference import load_kl_optimum, load_reference
+    from zoo import group_for, target_moments
 
     module = importlib.import_module(f"ngvi.models.{name}")
     kw = module.data()
     ref = load_reference(name)
     group = group_for(ref["unconstrained"]["dim"])
     m, s = target_moments(name, ref, "kl")  # a clear error if bench/kl_optima.py has not stored it
-    optimum = json.loads(KL_OPTIMA.read_text())[name]
+    optimum = load_kl_optimum(name)
     guide = StructuredGaussian(module.model, group=group)
     start = time.perf_counter()
     result = NGVI(module.model, guide).run(jax.random.PRNGKey(seed), None, progress_bar=False, **kw)
