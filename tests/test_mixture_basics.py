@@ -71,10 +71,13 @@ def test_separated_modes_are_found_by_default():
     """Six components, learned weights, every other setting a default,
     ``run(key, None)``: every mode gets a component and its mass (the weights
     of the components nearest it) is within 0.05 of the truth. With the
-    components spread from the initial point instead, some mode gets none."""
-    def masses(init_locs):
+    components spread from the initial point instead, some mode still has
+    none after 2,000 steps (the default run converges in 200: components
+    that sit on the other modes stay there; run to convergence, that fit uses
+    its whole budget of 120,000 steps and ends the same)."""
+    def masses(init_locs, num_steps=None):
         guide = StructuredGaussianMixture(four_modes, num_components=6, learn_weights=True, init_locs=init_locs)
-        result = NGVI(four_modes, guide).run(jax.random.PRNGKey(3), None, progress_bar=False)
+        result = NGVI(four_modes, guide).run(jax.random.PRNGKey(3), num_steps, progress_bar=False)
         locs, _, log_weights = guide.unpack_params(result.params)
         nearest = jnp.argmin(jnp.sum((locs[:, None] - FOUR_MODES[None]) ** 2, -1), axis=1)
         return result, np.asarray(jax.ops.segment_sum(jax.nn.softmax(log_weights), nearest, num_segments=4))
@@ -82,7 +85,7 @@ def test_separated_modes_are_found_by_default():
     result, found = masses("modes")
     assert result.converged
     np.testing.assert_allclose(found, FOUR_WEIGHTS, atol=0.05)
-    assert np.min(masses("spread")[1]) < 0.05
+    assert np.min(masses("spread", 2000)[1]) < 0.05
 
 
 def test_stock_svi_needs_the_mixture_elbo():

@@ -41,7 +41,8 @@ cases = {
     "data_axis": (logistic_regression.model, lambda m: StructuredGaussian(m), dict(placed, subsample_size=40), 8,
                   draws_and_data),
 }
-for name, (model, guide, data, num_samples, devices) in cases.items():
+for name in sys.argv[2:]:
+    model, guide, data, num_samples, devices = cases[name]
     results = []
     for where in (None, devices):
         fit = NGVI(model, guide(model), num_samples=num_samples, mesh=where)
@@ -69,25 +70,33 @@ except ValueError as err:
 """
 
 
-def _run_child(tmp_path, dtype):
+def _run_child(tmp_path, dtype, cases):
     script = tmp_path / "sharded.py"
     script.write_text(CHILD)
-    done = subprocess.run([sys.executable, str(script), dtype], capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, str(script), dtype, *cases], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout.splitlines()
 
 
+ALL_CASES = ("gaussian", "mixture", "subsample", "data_axis")
+
+
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 1e-3)])
-def test_a_fit_with_its_draws_on_8_devices_equals_the_one_device_fit(tmp_path, dtype, tol):
-    lines = _run_child(tmp_path, dtype)
-    for name in ("gaussian", "mixture", "subsample", "data_axis"):
+@pytest.mark.parametrize(
+    "dtype, tol, cases", [("float64", 1e-10, ALL_CASES), ("float32", 1e-3, ALL_CASES[:2])], ids=["float64", "float32"]
+)
+def test_a_fit_with_its_draws_on_8_devices_equals_the_one_device_fit(tmp_path, dtype, tol, cases):
+    """Every case in float64; in float32 (where rounding allows only a loose
+    tolerance) the single Gaussian and the mixture: how the data subsample is
+    placed does not depend on the dtype."""
+    lines = _run_child(tmp_path, dtype, cases)
+    for name in cases:
         case, error, moved, finite, communicates = next(line for line in lines if line.startswith(name)).split()
         assert finite == "True", name
         assert float(error) <= tol, (name, error)
         assert float(moved) > 0.1, name  # the fit moved: equal results are not equal starts
         assert communicates == "True", name  # the sharded step sums across devices: it is sharded
-    assert "constrained True" in lines
+    assert "data_axis" not in cases or "constrained True" in lines
     assert any(
         "num_samples=12 draws do not split over the mesh's 8 devices (axes {'a': 4, 'b': 2})" in line for line in lines
     ), lines
