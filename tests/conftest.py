@@ -1,4 +1,6 @@
 import os
+import shutil
+import tempfile
 
 # Most of the suite's time is XLA compiling many small programs (a fit per model,
 # estimator and dtype), not running them. LLVM's optimisation level 0 compiles
@@ -6,6 +8,18 @@ import os
 # took 161 s instead of 262 s. It must be set before JAX starts its backend;
 # subprocess tests inherit it. Users' runs are compiled at the default level.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+
+# The same programs are compiled again and again: by each fit's own jit, in each
+# test worker and in each subprocess test's fresh process. JAX's persistent
+# compilation cache, one directory per test run (shared by pytest-xdist's
+# workers and inherited by subprocesses), compiles each of them once.
+# (The cache's keys include XLA_FLAGS, so programs compiled at another
+# optimisation level or device count are kept apart.) It is removed at the end.
+# On 2 cores, the checkpoint and driver tests took 172 s instead of 229 s.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="ngvi-tests-jax-cache-")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 import jax  # noqa: E402
 
@@ -38,3 +52,9 @@ def pytest_collection_modifyitems(items):
         (i for i, name in enumerate(LONGEST_FIRST) if item.module.__name__.endswith(name)), len(LONGEST_FIRST)
     )
     items.sort(key=rank)
+
+
+def pytest_sessionfinish(session):
+    """The run's compilation cache goes (by the process that made it: pytest-xdist's workers inherit it)."""
+    if _OWN_CACHE and not hasattr(session.config, "workerinput"):
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
