@@ -1,7 +1,8 @@
 """Sharding: a step's draws spread over 8 host devices (``NGVI(..., mesh=)``)
 give the one-device result to float rounding, for a single Gaussian, a mixture
-and data subsampling from data placed on the devices, in float64 and float32;
-so does a mesh whose ``"data"`` axis splits each step's data subsample.
+and data subsampling from data placed on the devices, in float64 (the first two
+in float32 too); so does a mesh whose ``"data"`` axis splits each step's data
+subsample.
 The devices exist only in a fresh process (``--xla_force_host_platform_device_count``
 must be set before JAX starts), so the checks run in a subprocess."""
 
